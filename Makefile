@@ -1,0 +1,50 @@
+# The two commands of the README: `make quickstart` and `make test`. Each creates .venv if absent.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+# No test or quickstart reaches the network; models and data are built locally or read from ../shared.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install quickstart test test-fast lint format constraints clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch first, on its own: the pinned build, never a second one pulled in by a dependency.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tensorboard,quantization]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: install
+	$(BIN)/llmft quickstart --overwrite
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: install
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+constraints: install
+	@{ sed -n '1,2p' constraints.txt; echo "torch==$(TORCH_VERSION)"; \
+	   $(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

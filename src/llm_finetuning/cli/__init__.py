@@ -1,0 +1,1 @@
+"""The `llmft` command: one thin module per verb group."""

@@ -1,0 +1,48 @@
+"""What every verb shares: the console, logging set-up, and turning user mistakes into short messages."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from llm_finetuning.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False, markup=False)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("llm_finetuning").setLevel(level)
+    # Libraries below us are chatty at INFO; keep their warnings.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def user_errors(func: F) -> F:
+    """Show a `UserError` as one short message and exit 2, without a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]

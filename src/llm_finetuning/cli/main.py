@@ -1,0 +1,41 @@
+"""Entry point of the `llmft` command."""
+
+from __future__ import annotations
+
+import typer
+
+from llm_finetuning import __version__
+from llm_finetuning.cli import config_cmd, env_cmd, quickstart_cmd, train_cmd
+
+app = typer.Typer(
+    name="llmft",
+    help="Fine-tune and align open language models from one validated YAML file.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.command("train", epilog=config_cmd.schema_epilog())(train_cmd.train)
+app.command("env")(env_cmd.env)
+app.command("quickstart")(quickstart_cmd.quickstart)
+app.add_typer(config_cmd.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llm-finetuning {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Fine-tune and align open language models from one validated YAML file."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

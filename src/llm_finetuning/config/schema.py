@@ -1,0 +1,287 @@
+"""The one config schema. Every option is described once, as an attribute docstring.
+
+Those docstrings are what `llmft config schema`, `llmft train --help` and the docs show, so they are written
+for the user: what the option does, its unit, and when to change it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, docstrings are descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+def _conflict(a: str, b: str, why: str = "") -> ValueError:
+    return ValueError(f"`{a}` and `{b}` cannot both be set{why}. Choose one.")
+
+
+# --------------------------------------------------------------------------------------------- model
+class TinyModelConfig(Section):
+    """Shape of a small randomly-initialised model, used when `model.name` is `tiny`."""
+
+    architecture: Literal["llama", "qwen2"] = "llama"
+    """Transformer family whose code builds the model (transformers' Llama or Qwen2 classes)."""
+    hidden_size: int = Field(64, gt=0)
+    """Width of the residual stream."""
+    num_layers: int = Field(2, gt=0)
+    """Number of decoder layers."""
+    num_heads: int = Field(4, gt=0)
+    """Attention heads per layer; must divide `hidden_size`."""
+    num_kv_heads: int | None = Field(None, gt=0)
+    """Key/value heads (grouped-query attention); defaults to `num_heads`. Must divide `num_heads`."""
+    intermediate_size: int | None = Field(None, gt=0)
+    """Width of the MLP; defaults to 4 x `hidden_size`."""
+    max_position_embeddings: int = Field(2048, gt=0)
+    """Longest sequence the model accepts."""
+    seed: int = 0
+    """Seed of the random initialisation, so two runs build the same model."""
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` ({self.num_heads})")
+        kv = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv:
+            raise ValueError(f"`num_heads` ({self.num_heads}) must be divisible by `num_kv_heads` ({kv})")
+        return self
+
+
+class ModelConfig(Section):
+    """Which model to start from and how to load it."""
+
+    name: str = "tiny"
+    """Hub id (`Qwen/Qwen2.5-0.5B-Instruct`), local directory, or `tiny` for a small random model built from
+    `model.tiny`. A path starting with `./` or `../` is relative to the YAML file that sets it."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to load; the default branch when unset."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or directory; defaults to `model.name`. For `tiny`, `builtin` (the default) is the
+    project's own byte-level tokenizer, or give a directory such as `../shared/data/tokenizers/qwen2`."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype. `auto` picks bfloat16 on a GPU that supports it, float32 otherwise."""
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    """Attention kernel; `auto` lets transformers choose (sdpa where available)."""
+    device_map: str | None = None
+    """Device placement when loading (`auto`, `cpu`, `cuda:0`); unset lets the trainer place the model."""
+    trust_remote_code: bool = False
+    """Run modelling code shipped in the model repository. Only enable it for repositories you trust."""
+    allow_unsafe_weights: bool = False
+    """Allow pickle-based `.bin` weights. By default only safetensors files are loaded, because pickle files
+    can run code when loaded."""
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    """Shape of the random model built when `name` is `tiny`."""
+
+    @model_validator(mode="after")
+    def _tiny_only_for_tiny(self) -> ModelConfig:
+        if self.name != "tiny" and "tiny" in self.model_fields_set:
+            raise ValueError(
+                f"`model.tiny` only applies when `model.name` is `tiny`, but `model.name` is `{self.name}`. "
+                "Remove `model.tiny` or set `model.name: tiny`"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------------------ adapter
+class FullAdapter(Section):
+    """Full fine-tuning: every parameter of the model trains."""
+
+    method: Literal["full"] = "full"
+    """Adapter method."""
+
+
+class LoraAdapter(Section):
+    """LoRA: train low-rank updates to chosen linear layers; the base weights stay frozen."""
+
+    method: Literal["lora"] = "lora"
+    """Adapter method."""
+    r: int = Field(16, gt=0)
+    """Rank of the low-rank update."""
+    alpha: float = Field(32, gt=0)
+    """Scale of the update (the update is multiplied by alpha / r)."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the adapter's input during training."""
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    """Layers that get an adapter: `all-linear` (every linear layer except the output head) or a list of module
+    names such as `[q_proj, v_proj]`."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases train along with the adapter."""
+    modules_to_save: list[str] = Field(default_factory=list)
+    """Modules trained in full and saved next to the adapter (e.g. `[lm_head]`)."""
+
+
+AdapterConfig = Annotated[FullAdapter | LoraAdapter, Field(discriminator="method")]
+
+
+# --------------------------------------------------------------------------------------------- data
+class DataSource(Section):
+    """One data file, its format and how its columns map to the format's fields."""
+
+    path: str
+    """JSONL or JSON file (a list of objects). Relative paths are relative to the YAML file that sets them."""
+    format: Literal["messages", "alpaca", "prompt_completion"] = "messages"
+    """Row format: `messages` (OpenAI/ChatML list of {role, content}), `alpaca` (instruction, input, output),
+    or `prompt_completion` (prompt, completion)."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Map from the format's field name to the column in the file, e.g. `{instruction: question,
+    output: answer}` or `{messages: conversations}`."""
+    max_samples: int | None = Field(None, gt=0)
+    """Use only the first N rows of the file."""
+    system_prompt: str | None = None
+    """System message put before every conversation that has none."""
+
+
+class DataConfig(Section):
+    """Training and evaluation data, the prompt template and sequence length."""
+
+    train: list[DataSource]
+    """Training data: one source or a list of sources (concatenated)."""
+    eval: list[DataSource] = Field(default_factory=list)
+    """Evaluation data, one source or a list; if unset, `eval_split` can hold out part of `train`."""
+    eval_split: float | None = Field(None, gt=0, lt=1)
+    """Fraction of the training rows held out for evaluation when `eval` is not given."""
+    max_length: int = Field(1024, gt=0)
+    """Longest tokenized example. Longer ones are cut at the end and counted; the count is reported."""
+    chat_template: str | None = None
+    """Prompt template: unset uses the tokenizer's chat template; a built-in name (`chatml`, `alpaca`) or a Jinja
+    template string replaces it. A tokenizer without a template needs one of these."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """What a malformed row does: `error` stops with its file, line and field; `skip` drops and counts it."""
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        # A single source is the common case; accept it without the list brackets.
+        return [value] if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _eval_or_split(self) -> DataConfig:
+        if not self.train:
+            raise ValueError("`data.train` needs at least one source")
+        if self.eval and self.eval_split is not None:
+            raise _conflict("data.eval", "data.eval_split", " (both define the evaluation data)")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- method
+class SFTMethod(Section):
+    """Supervised fine-tuning on prompt/response pairs or conversations."""
+
+    name: Literal["sft"] = "sft"
+    """Training method."""
+    train_on_prompt: bool = False
+    """Also compute the loss on prompt and user tokens. Off by default: only assistant/completion tokens and the
+    end-of-sequence token that closes each of them carry loss."""
+
+
+# The tagged union of methods: each method owns its options. Later methods join this union.
+METHODS: tuple[type[Section], ...] = (SFTMethod,)
+MethodConfig = Annotated[SFTMethod, Field(discriminator="name")]
+
+
+# ----------------------------------------------------------------------------------------- training
+class TrainingConfig(Section):
+    """Optimisation and checkpointing."""
+
+    learning_rate: float = Field(2.0e-4, gt=0)
+    """Peak learning rate."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training data (fractions allowed). Ignored when `max_steps` is set."""
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps; overrides `epochs`."""
+    per_device_batch_size: int = Field(4, gt=0)
+    """Examples per device per forward pass."""
+    per_device_eval_batch_size: int | None = Field(None, gt=0)
+    """Examples per device per evaluation pass; defaults to `per_device_batch_size`."""
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    """Forward passes summed into one optimizer step (effective batch = batch x accumulation x devices)."""
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit"] = (
+        "adamw_torch"
+    )
+    """Optimizer (transformers' names); the 8-bit ones need bitsandbytes."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay."""
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping norm; 0 disables clipping."""
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial", "inverse_sqrt"] = (
+        "cosine"
+    )
+    """Learning-rate schedule after warm-up."""
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    """Fraction of the steps spent warming up the learning rate."""
+    warmup_steps: int | None = Field(None, ge=0)
+    """Number of warm-up steps (instead of `warmup_ratio`)."""
+    seed: int = 42
+    """Seed for shuffling, dropout and adapter initialisation."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    logging_steps: int = Field(10, gt=0)
+    """Log loss and learning rate every N optimizer steps."""
+    save_steps: int | None = Field(None, gt=0)
+    """Write a checkpoint every N steps; unset saves one at the end of each epoch."""
+    save_total_limit: int | None = Field(2, gt=0)
+    """Keep only the newest N checkpoints."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Escape hatch: keyword arguments passed straight to the underlying TRL/transformers config. Unknown names
+    are errors; keys this schema already covers must be set there instead."""
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TrainingConfig:
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise _conflict("training.warmup_ratio", "training.warmup_steps")
+        return self
+
+
+# ------------------------------------------------------------------------------------- eval/tracking
+class EvalConfig(Section):
+    """Evaluation during and after training."""
+
+    every_steps: int | None = Field(None, gt=0)
+    """Compute the eval loss every N optimizer steps (and always at the end) when eval data exists."""
+
+
+class TrackingConfig(Section):
+    """Experiment trackers."""
+
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    """Trackers that receive the metrics, in addition to the run directory's `metrics.jsonl`."""
+    run_name: str | None = None
+    """Name shown in the trackers; defaults to the run directory's name."""
+
+
+# ------------------------------------------------------------------------------------------- config
+class Config(Section):
+    """A whole run: what to train, on what, how, and where the results go."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The model to start from."""
+    adapter: AdapterConfig = Field(default_factory=LoraAdapter)
+    """How the model is adapted: `lora` or `full`."""
+    data: DataConfig
+    """Training and evaluation data."""
+    method: MethodConfig = Field(default_factory=SFTMethod)
+    """Training method and its own options."""
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    """Optimisation and checkpointing."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Experiment trackers."""
+    output_dir: str = "runs/run"
+    """Run directory (relative to the working directory). Never overwritten without `--overwrite`."""
+
+    @field_validator("adapter", "method", mode="before")
+    @classmethod
+    def _default_tag(cls, value: Any, info: Any) -> Any:
+        # `adapter: full` is shorthand for `adapter: {method: full}`; a mapping without its tag gets the default.
+        tag, default = ("method", "lora") if info.field_name == "adapter" else ("name", "sft")
+        if isinstance(value, str):
+            return {tag: value}
+        if isinstance(value, dict) and tag not in value:
+            return {tag: default, **value}
+        return value

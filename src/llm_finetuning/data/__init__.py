@@ -1,0 +1,1 @@
+"""Data reading, formats, templates and tokenization with completion-only loss masks."""

@@ -1,0 +1,169 @@
+"""From `data:` config to tokenized train/eval datasets, with every dropped or cut row counted."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from llm_finetuning.config.schema import DataConfig, DataSource
+from llm_finetuning.data.formats import RowError, to_messages
+from llm_finetuning.data.reading import Row, file_fingerprint, read_rows
+from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, encode
+from llm_finetuning.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitStats:
+    """What happened to the rows of one split."""
+
+    rows: int = 0
+    examples: int = 0
+    skipped_bad_rows: int = 0
+    truncated: int = 0
+    dropped_no_completion_after_truncation: int = 0
+    tokens: int = 0
+    completion_tokens: int = 0
+    bad_rows: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreparedData:
+    train: Dataset
+    eval: Dataset | None
+    stats: dict[str, SplitStats]
+    fingerprints: dict[str, str]
+
+    def stats_dict(self) -> dict[str, Any]:
+        return {name: asdict(s) for name, s in self.stats.items()}
+
+
+def load_messages(source: DataSource, on_bad_row: str, stats: SplitStats) -> list[tuple[str, list]]:
+    """Read one source into (row location, messages) pairs, stopping or counting at bad rows."""
+    out = []
+    for item in read_rows(source.path, source.max_samples):
+        stats.rows += 1
+        try:
+            if isinstance(item, DataError):
+                raise item
+            out.append((item.where, to_messages(item.data, source.format, source.columns, source.system_prompt)))
+        except (RowError, DataError) as exc:
+            where = item.where if isinstance(item, Row) else ""
+            message = f"{where}: {exc}" if where else str(exc)
+            if on_bad_row == "error":
+                raise DataError(
+                    f"{message}\n(format `{source.format}`; set `data.on_bad_row: skip` to drop such rows)"
+                ) from None
+            stats.skipped_bad_rows += 1
+            if len(stats.bad_rows) < 20:
+                stats.bad_rows.append(message)
+    return out
+
+
+def tokenize_rows(
+    rows: list[tuple[str, list]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    train_on_prompt: bool,
+    on_bad_row: str,
+    stats: SplitStats,
+) -> Dataset:
+    input_ids: list[list[int]] = []
+    labels: list[list[int]] = []
+    for where, messages in rows:
+        try:
+            encoded: Encoded = encode(tokenizer, messages, train_on_prompt)
+        except RowError as exc:
+            if on_bad_row == "error":
+                raise DataError(f"{where}: {exc}") from None
+            stats.skipped_bad_rows += 1
+            continue
+        ids, lab = encoded.input_ids, encoded.labels
+        if len(ids) > max_length:
+            stats.truncated += 1
+            ids, lab = ids[:max_length], lab[:max_length]
+            if all(label == IGNORE_INDEX for label in lab):
+                stats.dropped_no_completion_after_truncation += 1
+                continue
+        input_ids.append(ids)
+        labels.append(lab)
+        stats.tokens += len(ids)
+        stats.completion_tokens += sum(label != IGNORE_INDEX for label in lab)
+    stats.examples = len(input_ids)
+    return Dataset.from_dict({"input_ids": input_ids, "labels": labels})
+
+
+def _read_split(sources: list[DataSource], config: DataConfig, stats: SplitStats, prints: dict[str, str]):
+    rows = []
+    for source in sources:
+        prints[source.path] = file_fingerprint(source.path)
+        rows.extend(load_messages(source, config.on_bad_row, stats))
+    return rows
+
+
+def prepare_data(
+    config: DataConfig, tokenizer: PreTrainedTokenizerBase, train_on_prompt: bool, seed: int
+) -> PreparedData:
+    """Read, validate, split and tokenize the train and eval data named by `config`."""
+    stats = {"train": SplitStats()}
+    prints: dict[str, str] = {}
+    train_rows = _read_split(config.train, config, stats["train"], prints)
+    eval_rows: list[tuple[str, list]] = []
+    if config.eval:
+        stats["eval"] = SplitStats()
+        eval_rows = _read_split(config.eval, config, stats["eval"], prints)
+    elif config.eval_split:
+        stats["eval"] = SplitStats()
+        random.Random(seed).shuffle(train_rows)
+        cut = max(1, round(len(train_rows) * config.eval_split))
+        eval_rows, train_rows = train_rows[:cut], train_rows[cut:]
+    if not train_rows:
+        raise DataError("No usable training rows: every row was skipped as malformed. See the log for examples.")
+
+    train = tokenize_rows(train_rows, tokenizer, config.max_length, train_on_prompt, config.on_bad_row, stats["train"])
+    evaluation = None
+    if "eval" in stats:
+        evaluation = tokenize_rows(
+            eval_rows, tokenizer, config.max_length, train_on_prompt, config.on_bad_row, stats["eval"]
+        )
+    for name, split in stats.items():
+        _report(name, split, config.max_length)
+    if len(train) == 0:
+        raise DataError(
+            f"No training example is left after truncation to `data.max_length` ({config.max_length}): "
+            "every completion was cut off. Raise `data.max_length`."
+        )
+    return PreparedData(train, evaluation, stats, prints)
+
+
+def _report(name: str, stats: SplitStats, max_length: int) -> None:
+    logger.info(
+        "%s data: %d rows -> %d examples, %d tokens (%d with loss)",
+        name,
+        stats.rows,
+        stats.examples,
+        stats.tokens,
+        stats.completion_tokens,
+    )
+    if stats.skipped_bad_rows:
+        logger.warning(
+            "%s data: skipped %d malformed rows, e.g. %s",
+            name,
+            stats.skipped_bad_rows,
+            stats.bad_rows[0] if stats.bad_rows else "",
+        )
+    if stats.truncated:
+        logger.warning(
+            "%s data: %d examples were longer than data.max_length=%d and were cut at the end; %d of them lost "
+            "their whole completion and were dropped. Raise data.max_length to keep them whole.",
+            name,
+            stats.truncated,
+            max_length,
+            stats.dropped_no_completion_after_truncation,
+        )

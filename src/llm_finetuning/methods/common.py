@@ -1,0 +1,100 @@
+"""Training arguments shared by every method: the `training:`, `eval:` and `tracking:` sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+import torch
+
+from llm_finetuning.config.schema import Config
+from llm_finetuning.errors import ConfigError
+from llm_finetuning.models.loading import resolve_dtype
+from llm_finetuning.runs.rundir import RunDir
+
+# TrainingArguments names this schema sets itself; `training.extra` may not set them behind its back.
+COVERED = {
+    "output_dir",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "optim",
+    "weight_decay",
+    "max_grad_norm",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "seed",
+    "data_seed",
+    "gradient_checkpointing",
+    "logging_steps",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "eval_strategy",
+    "eval_steps",
+    "report_to",
+    "run_name",
+    "bf16",
+    "fp16",
+}
+
+
+def training_arguments(config: Config, run: RunDir, has_eval: bool) -> dict[str, Any]:
+    """Keyword arguments for a transformers `TrainingArguments` subclass (TRL's method configs)."""
+    t = config.training
+    dtype = resolve_dtype(config.model.dtype)
+    on_gpu = torch.cuda.is_available()
+    warmup: float = t.warmup_steps if t.warmup_steps is not None else (t.warmup_ratio or 0.0)
+    evaluate_steps = has_eval and config.eval.every_steps is not None
+    return {
+        "output_dir": str(run.checkpoints),
+        "learning_rate": t.learning_rate,
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps or -1,
+        "per_device_train_batch_size": t.per_device_batch_size,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size or t.per_device_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "optim": t.optimizer,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": warmup,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
+        "logging_steps": t.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "steps" if t.save_steps else "epoch",
+        "save_steps": t.save_steps or 500,
+        "save_total_limit": t.save_total_limit,
+        "eval_strategy": "steps" if evaluate_steps else "no",
+        "eval_steps": config.eval.every_steps if evaluate_steps else None,
+        "report_to": list(config.tracking.report_to) or "none",
+        "run_name": config.tracking.run_name or run.root.name,
+        # Mixed precision only where it runs on the hardware; weights in bf16/fp16 on CPU train as loaded.
+        "bf16": on_gpu and dtype == torch.bfloat16,
+        "fp16": on_gpu and dtype == torch.float16,
+        "use_cpu": not on_gpu and not torch.backends.mps.is_available(),
+    }
+
+
+def apply_extra(arguments: dict[str, Any], extra: dict[str, Any], config_class: type) -> dict[str, Any]:
+    """Add `training.extra` to the arguments after checking each name against the trainer config class."""
+    valid = {f.name for f in dataclasses.fields(config_class) if f.init}
+    for key, value in extra.items():
+        if key in COVERED or key in arguments:
+            raise ConfigError(
+                f"training.extra.{key}: this option is set by the config schema; use the matching "
+                "`training.*`, `eval.*` or `tracking.*` key instead."
+            )
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise ConfigError(f"training.extra.{key}: not an option of {config_class.__name__}.{hint}")
+        arguments[key] = value
+    return arguments

@@ -1,0 +1,1 @@
+"""Model loading, tiny models for tests, and adapters."""

@@ -1,0 +1,143 @@
+"""Load the tokenizer and model named by `model:`, from the hub, a local directory, or the tiny builder."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_finetuning.config.schema import ModelConfig
+from llm_finetuning.data.templates import BUILTIN_TEMPLATES
+from llm_finetuning.errors import ConfigError, UserError
+from llm_finetuning.models import tiny
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`auto` is bfloat16 on a GPU that supports it and float32 elsewhere (CPU, older GPUs)."""
+    if name != "auto":
+        return DTYPES[name]
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    source = config.tokenizer or (tiny.BUILTIN_TOKENIZER if config.name == "tiny" else config.name)
+    if source == tiny.BUILTIN_TOKENIZER:
+        return tiny.build_tokenizer()
+    try:
+        return AutoTokenizer.from_pretrained(
+            source,
+            revision=None if config.tokenizer else config.revision,
+            trust_remote_code=config.trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"Could not load the tokenizer `{source}` (model.tokenizer / model.name): {exc}\n"
+            "Give a local directory with tokenizer files, or a hub id reachable from this machine."
+        ) from None
+
+
+@dataclass
+class TokenizerChanges:
+    """What `prepare_tokenizer` had to add; added tokens mean the model's embeddings must grow."""
+
+    added_tokens: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, chat_template: str | None) -> TokenizerChanges:
+    """Install the chat template and make sure EOS exists and padding uses a token that is not EOS.
+
+    A pad token equal to EOS is the classic way to train a model that never stops: wherever padding is masked
+    out of the loss, EOS is masked with it.
+    """
+    changes = TokenizerChanges()
+    if chat_template is not None:
+        builtin = BUILTIN_TEMPLATES.get(chat_template)
+        if builtin is not None:
+            missing = [t for t in builtin.special_tokens if t not in tokenizer.get_vocab()]
+            if missing:
+                tokenizer.add_special_tokens({"additional_special_tokens": missing})
+                changes.added_tokens += missing
+            if builtin.eos_token and tokenizer.eos_token != builtin.eos_token:
+                changes.notes.append(f"EOS set to {builtin.eos_token} (ends assistant turns in `{builtin.name}`)")
+                tokenizer.eos_token = builtin.eos_token
+            tokenizer.chat_template = builtin.jinja
+        elif "{{" in chat_template or "{%" in chat_template:
+            tokenizer.chat_template = chat_template
+        else:
+            raise ConfigError(
+                f"data.chat_template: `{chat_template}` is neither a built-in template "
+                f"({', '.join(BUILTIN_TEMPLATES)}) nor a Jinja template string."
+            )
+    elif not tokenizer.chat_template:
+        raise ConfigError(
+            "The tokenizer has no chat template. Set `data.chat_template` to a built-in template "
+            f"({', '.join(BUILTIN_TEMPLATES)}) or to a Jinja template string."
+        )
+    if tokenizer.eos_token is None:
+        raise ConfigError("The tokenizer has no EOS token, so the model could not learn to stop.")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+            changes.notes.append(f"pad token set to {tokenizer.unk_token} (distinct from EOS)")
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+            changes.added_tokens.append("<|pad|>")
+            changes.notes.append("pad token <|pad|> added (distinct from EOS)")
+    for note in changes.notes:
+        logger.info("tokenizer: %s", note)
+    return changes
+
+
+def load_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """Load or build the model, grow its embeddings to the tokenizer, and align its special token ids."""
+    dtype = resolve_dtype(config.dtype)
+    if config.name == "tiny":
+        model = tiny.build_model(config.tiny, tokenizer, dtype)
+    else:
+        model = _from_pretrained(config, dtype)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        logger.warning(
+            "The tokenizer has %d tokens but the model's embeddings have %d rows; growing them (new rows are "
+            "initialised to the mean embedding).",
+            len(tokenizer),
+            model.get_input_embeddings().weight.shape[0],
+        )
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def _from_pretrained(config: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
+    kwargs: dict = {
+        "revision": config.revision,
+        "dtype": dtype,
+        "trust_remote_code": config.trust_remote_code,
+        "use_safetensors": None if config.allow_unsafe_weights else True,
+    }
+    if config.attn_implementation != "auto":
+        kwargs["attn_implementation"] = config.attn_implementation
+    if config.device_map is not None:
+        kwargs["device_map"] = config.device_map
+    try:
+        return AutoModelForCausalLM.from_pretrained(config.name, **kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        hint = ""
+        if "safetensors" in str(exc).lower() and not config.allow_unsafe_weights:
+            hint = (
+                "\nOnly safetensors weights are loaded by default. If you trust this checkpoint's pickle `.bin` "
+                "files, set `model.allow_unsafe_weights: true`."
+            )
+        raise UserError(f"Could not load the model `{config.name}` (model.name): {exc}{hint}") from None
