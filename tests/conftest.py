@@ -72,5 +72,6 @@ def tiny_config(data_path: Path, output_dir: Path, **sections: Any) -> dict[str,
         "output_dir": str(output_dir),
     }
     for key, value in sections.items():
-        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+        merge = isinstance(value, dict) and key != "adapter"  # another adapter method has other options
+        config[key] = {**config.get(key, {}), **value} if merge else value
     return config

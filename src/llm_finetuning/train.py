@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from llm_finetuning.config.schema import Config
 from llm_finetuning.data.pipeline import prepare_data
@@ -38,8 +38,16 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train(config: Config, overwrite: bool = False, resume: bool = False) -> TrainResult:
-    """Run one training job described by `config`; the run directory records everything about it."""
+def train(
+    config: Config,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+) -> TrainResult:
+    """Run one training job described by `config`; the run directory records everything about it.
+
+    `callbacks` are extra transformers `TrainerCallback`s (progress hooks, custom logging, tests).
+    """
     run = create_run_dir(config.output_dir, overwrite=overwrite, resume=resume)
     checkpoint = run.last_checkpoint() if resume else None
     if resume:
@@ -48,7 +56,7 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> Trai
     start_manifest(run, config)
     stop = GracefulStop().install()
     try:
-        result = _train(config, run, stop, checkpoint)
+        result = _train(config, run, stop, checkpoint, callbacks or [])
     except KeyboardInterrupt:
         write_manifest(run, status="interrupted", finished_at=now())
         raise
@@ -62,7 +70,9 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> Trai
     return result
 
 
-def _train(config: Config, run: RunDir, stop: GracefulStop, checkpoint: Any) -> TrainResult:
+def _train(
+    config: Config, run: RunDir, stop: GracefulStop, checkpoint: Any, extra_callbacks: list[TrainerCallback]
+) -> TrainResult:
     set_seed(config.training.seed)
     tokenizer = load_tokenizer(config.model)
     changes = prepare_tokenizer(tokenizer, config.data.chat_template)
@@ -82,7 +92,7 @@ def _train(config: Config, run: RunDir, stop: GracefulStop, checkpoint: Any) -> 
     if stop.requested:
         return TrainResult(run, "interrupted")
 
-    callbacks = [MetricsLogger(run.metrics), stop]
+    callbacks = [MetricsLogger(run.metrics), stop, *extra_callbacks]
     if "tensorboard" in config.tracking.report_to:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.logs / "tensorboard"))
     trainer = TRAINER_BUILDERS[config.method.name](config, run, model, tokenizer, data, callbacks)

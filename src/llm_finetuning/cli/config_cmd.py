@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from llm_finetuning.cli.common import console, user_errors
@@ -22,10 +23,12 @@ def schema(
     for column in ("key", "type", "default", "description"):
         table.add_column(column, overflow="fold")
     for row in describe():
-        if section and not row.key.startswith(section):
+        if section and not (row.key == section or row.key.startswith((f"{section}.", f"{section}["))):
             continue
-        description = f"[dim]({row.variant})[/] {row.description}" if row.variant else row.description
-        table.add_row(row.key, row.type, row.default, description)
+        description = escape(row.description)
+        if row.variant:
+            description = f"[dim]({escape(row.variant)})[/] {description}"
+        table.add_row(escape(row.key), escape(row.type), escape(row.default), description)
     console.print(table)
 
 
@@ -48,16 +51,18 @@ def show(
 ) -> None:
     """Print the fully resolved config: `extends:` merged, overrides applied, defaults filled in."""
     resolved = load_config(config, overrides or [])
-    console.print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), highlight=False, end="")
+    # Plain output: it must stay valid YAML (no markup, no wrapping at the terminal width).
+    typer.echo(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), nl=False)
 
 
 def schema_epilog() -> str:
     """The list of config keys for `llmft train --help`."""
     lines = ["Config keys (full table: llmft config schema):\n\n"]
     for row in describe():
+        text = escape(" ".join(row.description.split()))
         if "." not in row.key and row.type[:1].isupper():
-            lines.append(f"\n\n[bold]{row.key}[/]: {row.description}\n\n")
+            lines.append(f"\n\n[bold]{row.key}[/]: {text}\n\n")
             continue
-        variant = f" ({row.variant})" if row.variant else ""
-        lines.append(f"  {row.key}{variant}: {row.description.splitlines()[0] if row.description else ''}\n\n")
+        variant = f" ({escape(row.variant)})" if row.variant else ""
+        lines.append(f"  {escape(row.key)}{variant}: {text}\n\n")
     return "".join(lines)

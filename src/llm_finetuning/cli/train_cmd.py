@@ -6,6 +6,7 @@ import typer
 
 from llm_finetuning.cli.common import console, setup_logging, user_errors
 from llm_finetuning.config import load_config
+from llm_finetuning.runs.rundir import check_run_dir
 
 
 @user_errors
@@ -21,6 +22,7 @@ def train(
     if overwrite and resume:
         raise typer.BadParameter("--overwrite and --resume cannot be used together. Choose one.")
     resolved = load_config(config, overrides or [])
+    check_run_dir(resolved.output_dir, overwrite=overwrite, resume=resume)  # fail before the slow imports
     from llm_finetuning.train import train as run_training  # heavy imports only once the config is valid
 
     result = run_training(resolved, overwrite=overwrite, resume=resume)

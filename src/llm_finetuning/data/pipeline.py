@@ -123,6 +123,8 @@ def prepare_data(
         random.Random(seed).shuffle(train_rows)
         cut = max(1, round(len(train_rows) * config.eval_split))
         eval_rows, train_rows = train_rows[:cut], train_rows[cut:]
+        stats["train"].rows -= cut
+        stats["eval"].rows = cut
     if not train_rows:
         raise DataError("No usable training rows: every row was skipped as malformed. See the log for examples.")
 

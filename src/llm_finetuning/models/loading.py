@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -27,10 +28,18 @@ def resolve_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
+def _check_local(source: str, key: str) -> None:
+    """A value written as a path must exist; without this check it would be taken for a hub id."""
+    looks_local = source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or "\\" in source
+    if looks_local and not Path(source).expanduser().exists():
+        raise UserError(f"{key}: local directory `{source}` does not exist.")
+
+
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     source = config.tokenizer or (tiny.BUILTIN_TOKENIZER if config.name == "tiny" else config.name)
     if source == tiny.BUILTIN_TOKENIZER:
         return tiny.build_tokenizer()
+    _check_local(source, "model.tokenizer" if config.tokenizer else "model.name")
     try:
         return AutoTokenizer.from_pretrained(
             source,
@@ -131,6 +140,7 @@ def _from_pretrained(config: ModelConfig, dtype: torch.dtype) -> PreTrainedModel
         kwargs["attn_implementation"] = config.attn_implementation
     if config.device_map is not None:
         kwargs["device_map"] = config.device_map
+    _check_local(config.name, "model.name")
     try:
         return AutoModelForCausalLM.from_pretrained(config.name, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
