@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -93,10 +96,9 @@ def _train(
         return TrainResult(run, "interrupted")
 
     callbacks = [MetricsLogger(run.metrics), stop, *extra_callbacks]
-    if "tensorboard" in config.tracking.report_to:
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.logs / "tensorboard"))
-    trainer = TRAINER_BUILDERS[config.method.name](config, run, model, tokenizer, data, callbacks)
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with _tensorboard_dir(run.logs / "tensorboard"):  # read when the trainer builds its callbacks
+        trainer = TRAINER_BUILDERS[config.method.name](config, run, model, tokenizer, data, callbacks)
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics: dict[str, Any] = dict(output.metrics)
     if stop.requested:
         logger.warning("Training stopped by a signal; the last checkpoint is in %s", run.checkpoints)
@@ -106,6 +108,20 @@ def _train(
     save_final(config, run, trainer.model, tokenizer, grew_vocab=bool(changes.added_tokens))
     write_manifest(run, final_metrics=metrics)
     return TrainResult(run, "completed", metrics)
+
+
+@contextmanager
+def _tensorboard_dir(path: Path) -> Iterator[None]:
+    """transformers' TensorBoard callback reads its log folder from the environment; scope it to this run."""
+    previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = previous
 
 
 def _save_base_if_needed(

@@ -96,7 +96,13 @@ def test_run_directory_describes_the_run(tmp_path, write_jsonl, qa_rows):
     root = Path(config.output_dir)
     assert result.status == "completed"
     assert {p.name for p in root.iterdir()} >= {
-        "config.yaml", "manifest.json", "metrics.jsonl", "plots", "checkpoints", "final", "base",
+        "config.yaml",
+        "manifest.json",
+        "metrics.jsonl",
+        "plots",
+        "checkpoints",
+        "final",
+        "base",
     }
     # config.yaml is the resolved config and loads back to the same config.
     assert load_config(root / "config.yaml") == config
@@ -150,7 +156,10 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_interrupted(tmp_path, writ
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "llm_finetuning.cli.main", "train", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
     )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -174,8 +183,11 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_interrupted(tmp_path, writ
 def test_sft_on_real_alpaca_file(tmp_path):
     path = shared("alpaca/alpaca_first100.torchtune_alpaca_tiny.json")
     config = Config.model_validate(
-        tiny_config(path, tmp_path / "run", data={"train": {"path": str(path), "format": "alpaca"},
-                                                   "max_length": 256, "eval_split": 0.1})
+        tiny_config(
+            path,
+            tmp_path / "run",
+            data={"train": {"path": str(path), "format": "alpaca"}, "max_length": 256, "eval_split": 0.1},
+        )
     )
     result = train(config)
     assert result.status == "completed"
@@ -193,11 +205,18 @@ def test_sft_on_real_gsm8k_file_with_the_qwen2_tokenizer(tmp_path):
         tiny_config(
             path,
             tmp_path / "run",
-            model={"name": "tiny", "tokenizer": str(shared("tokenizers/qwen2")),
-                   "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2}},
+            model={
+                "name": "tiny",
+                "tokenizer": str(shared("tokenizers/qwen2")),
+                "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2},
+            },
             data={
-                "train": {"path": str(path), "format": "prompt_completion", "max_samples": 40,
-                          "columns": {"prompt": "question", "completion": "answer"}},
+                "train": {
+                    "path": str(path),
+                    "format": "prompt_completion",
+                    "max_samples": 40,
+                    "columns": {"prompt": "question", "completion": "answer"},
+                },
                 "max_length": 512,
             },
             training={"max_steps": 3},
@@ -209,3 +228,53 @@ def test_sft_on_real_gsm8k_file_with_the_qwen2_tokenizer(tmp_path):
     assert stats["rows"] == 40 and stats["examples"] == 40 and stats["truncated"] == 0
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_tensorboard_receives_the_metrics(tmp_path, write_jsonl, qa_rows):
+    config = Config.model_validate(
+        tiny_config(write_jsonl(qa_rows), tmp_path / "run", tracking={"report_to": ["tensorboard"]})
+    )
+    train(config)
+    events = list((tmp_path / "run" / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ  # scoped to the run
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, write_jsonl, qa_rows):
+    data = write_jsonl(qa_rows)
+    config = Config.model_validate(tiny_config(data, tmp_path / "run", training={"max_steps": 2, "save_steps": 2}))
+    train(config)
+    longer = Config.model_validate(tiny_config(data, tmp_path / "run", training={"max_steps": 4, "save_steps": 2}))
+    result = train(longer, resume=True)
+    assert result.status == "completed"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [s for s in steps if s]
+    assert losses[:2] == [1, 2] and 3 in losses and 4 in losses and losses.count(1) == 1  # no restart from 0
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-4").is_dir()
+
+
+@pytest.mark.slow
+def test_quickstart_raises_the_held_out_metric(tmp_path):
+    from llm_finetuning.quickstart import run_quickstart
+
+    outcome = run_quickstart(output_dir=str(tmp_path / "quickstart"))
+    assert outcome.result.status == "completed"
+    assert outcome.before <= 5.0
+    assert outcome.after - outcome.before >= 50.0
+
+
+def test_gradient_checkpointing_does_not_change_the_result(tmp_path, write_jsonl, qa_rows):
+    """Recomputing activations trades compute for memory; the trained weights must be the same."""
+    data = write_jsonl(qa_rows)
+    snapshots = []
+    for name, checkpointing in (("plain", False), ("checkpointed", True)):
+        config = Config.model_validate(
+            tiny_config(data, tmp_path / name, training={"max_steps": 3, "gradient_checkpointing": checkpointing})
+        )
+        snapshot = Snapshot()
+        train(config, callbacks=[snapshot])
+        snapshots.append(snapshot)
+    plain, checkpointed = snapshots
+    assert plain.changed() and plain.changed() == checkpointed.changed()
+    for name in plain.after:
+        torch.testing.assert_close(plain.after[name], checkpointed.after[name], rtol=1e-5, atol=1e-6)

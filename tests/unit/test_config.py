@@ -188,3 +188,12 @@ def test_resolved_config_round_trips(write_yaml, tmp_path):
     config = load_config(write_yaml(MINIMAL), ["training.seed=3"])
     again = write_yaml(yaml.safe_dump(config.model_dump(mode="json")), "resolved.yaml")
     assert load_config(again) == config
+
+
+def test_missing_tracker_package_is_a_config_error(monkeypatch):
+    from llm_finetuning.methods import common
+
+    monkeypatch.setattr(common, "is_installed", lambda name: name != "wandb")
+    with pytest.raises(ConfigError, match=r"tracking.report_to: wandb not installed.*llm-finetuning\[wandb\]"):
+        common.check_trackers(["tensorboard", "wandb"])
+    common.check_trackers(["tensorboard"])

@@ -14,7 +14,7 @@ from llm_finetuning.cli.common import console, setup_logging, user_errors
 def quickstart(
     output_dir: str = typer.Option("runs/quickstart", help="Run directory to create."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-    max_steps: int = typer.Option(300, help="Optimizer steps."),
+    max_steps: int = typer.Option(400, help="Optimizer steps."),
 ) -> None:
     """Fine-tune a tiny model on a synthetic task, offline, and compare held-out accuracy before and after."""
     setup_logging()

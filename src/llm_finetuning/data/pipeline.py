@@ -102,8 +102,8 @@ def tokenize_rows(
 def _read_split(sources: list[DataSource], config: DataConfig, stats: SplitStats, prints: dict[str, str]):
     rows = []
     for source in sources:
-        prints[source.path] = file_fingerprint(source.path)
         rows.extend(load_messages(source, config.on_bad_row, stats))
+        prints[source.path] = file_fingerprint(source.path)
     return rows
 
 

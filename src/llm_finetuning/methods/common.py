@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from llm_finetuning.config.schema import Config
+from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError
 from llm_finetuning.models.loading import resolve_dtype
 from llm_finetuning.runs.rundir import RunDir
@@ -43,8 +44,20 @@ COVERED = {
 }
 
 
+def check_trackers(report_to: list[str]) -> None:
+    """Fail before training, not at the first log step, when a tracker's package is missing."""
+    missing = [name for name in report_to if not is_installed(name)]
+    if missing:
+        extras = ",".join(missing)
+        raise ConfigError(
+            f"tracking.report_to: {', '.join(missing)} not installed. Install it "
+            f"(`pip install 'llm-finetuning[{extras}]'`) or remove it from tracking.report_to."
+        )
+
+
 def training_arguments(config: Config, run: RunDir, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for a transformers `TrainingArguments` subclass (TRL's method configs)."""
+    check_trackers(config.tracking.report_to)
     t = config.training
     dtype = resolve_dtype(config.model.dtype)
     on_gpu = torch.cuda.is_available()
