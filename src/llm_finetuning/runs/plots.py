@@ -1,0 +1,48 @@
+"""Plots of a run's metrics, written as PNG files into `plots/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def plot_metrics(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write loss.png (train and eval loss vs step) and lr.png; return the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        steps, values = _series(records, key)
+        if steps:
+            axis.plot(steps, values, marker="o" if len(steps) < 30 else None, label=label)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.grid(alpha=0.3)
+    if axis.has_data():
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(out_dir / "loss.png", dpi=100)
+    plt.close(figure)
+    written.append(out_dir / "loss.png")
+    steps, values = _series(records, "learning_rate")
+    if steps:
+        figure, axis = plt.subplots(figsize=(7, 3))
+        axis.plot(steps, values)
+        axis.set_xlabel("step")
+        axis.set_ylabel("learning rate")
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(out_dir / "lr.png", dpi=100)
+        plt.close(figure)
+        written.append(out_dir / "lr.png")
+    return written
