@@ -40,7 +40,12 @@ def quickstart(
     console.print(f"status: {outcome.result.status} in {elapsed:.0f}s")
     console.print(f"run directory: [bold]{run}[/] (config.yaml, manifest.json, metrics.jsonl, plots/, final/)")
     console.print("\nNext:")
-    console.print(f"  llmft config show {run}/config.yaml         # the resolved config of this run")
-    console.print("  llmft config schema                       # every option, described")
-    console.print(f"  llmft train {run}/config.yaml output_dir=runs/again training.max_steps=100")
-    console.print("  llmft env                                 # versions, device, optional extras")
+    commands = [
+        (f"llmft config show {run}/config.yaml", "the resolved config of this run"),
+        ("llmft config schema", "every option, described"),
+        (f"llmft train {run}/config.yaml output_dir=runs/again training.max_steps=100", "train again, overridden"),
+        ("llmft env", "versions, device, optional extras"),
+    ]
+    for command, why in commands:
+        # soft_wrap keeps each command on one line, so it can be copied
+        console.print(f"  {command}  [dim]# {why}[/]", soft_wrap=True, highlight=False)

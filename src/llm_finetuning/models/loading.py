@@ -110,7 +110,8 @@ def load_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTr
     """Load or build the model, grow its embeddings to the tokenizer, and align its special token ids."""
     dtype = resolve_dtype(config.dtype)
     if config.name == "tiny":
-        model = tiny.build_model(config.tiny, tokenizer, dtype)
+        attention = None if config.attn_implementation == "auto" else config.attn_implementation
+        model = tiny.build_model(config.tiny, tokenizer, dtype, attention)
     else:
         model = _from_pretrained(config, dtype)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

@@ -44,7 +44,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_model(
-    shape: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, dtype: torch.dtype = torch.float32
+    shape: TinyModelConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """A randomly-initialised causal LM of the given shape whose vocabulary matches `tokenizer`."""
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[shape.architecture]
@@ -64,5 +67,5 @@ def build_model(
     # Fork the CPU generator only: the init must not disturb the caller's random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(shape.seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     return model
