@@ -15,10 +15,10 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from llm_finetuning.config.schema import Config
-from llm_finetuning.data.pipeline import prepare_data
-from llm_finetuning.methods import TRAINER_BUILDERS
-from llm_finetuning.models.adapters import apply_adapter, count_parameters
-from llm_finetuning.models.loading import load_model, load_tokenizer, prepare_tokenizer
+from llm_finetuning.methods import METHODS
+from llm_finetuning.models.adapters import apply_adapter, count_parameters, save_initial_adapter
+from llm_finetuning.models.loading import is_quantized, load_model, load_tokenizer, prepare_tokenizer
+from llm_finetuning.models.packing import check_packing
 from llm_finetuning.runs.metrics import MetricsLogger, read_metrics
 from llm_finetuning.runs.plots import plot_metrics
 from llm_finetuning.runs.rundir import (
@@ -76,38 +76,65 @@ def train(
 def _train(
     config: Config, run: RunDir, stop: GracefulStop, checkpoint: Any, extra_callbacks: list[TrainerCallback]
 ) -> TrainResult:
+    method = METHODS[config.method.name]
     set_seed(config.training.seed)
     tokenizer = load_tokenizer(config.model)
-    changes = prepare_tokenizer(tokenizer, config.data.chat_template)
-    data = prepare_data(config.data, tokenizer, config.method.train_on_prompt, config.training.seed)
+    changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.NEEDS_CHAT_TEMPLATE)
+    data = method.prepare(config, tokenizer)
     write_manifest(
         run,
         data={"fingerprints": data.fingerprints, "stats": data.stats_dict()},
         tokenizer={"added_tokens": changes.added_tokens, "notes": changes.notes},
     )
-    model = load_model(config.model, tokenizer)
-    base_path = _save_base_if_needed(config, run, model, tokenizer)
-    model = apply_adapter(model, config.adapter)
+    model, base_path = _load_base(config, run, tokenizer)
+    model = apply_adapter(
+        model,
+        config.adapter,
+        tokenizer_path=base_path,
+        quantized=is_quantized(model),
+        gradient_checkpointing=config.training.gradient_checkpointing,
+    )
     if isinstance(model, PeftModel):
         # Point the adapter at a base model that exists, so `final/` loads with plain PEFT.
         model.peft_config["default"].base_model_name_or_path = base_path
+    initial_adapter = save_initial_adapter(model, config.adapter, run.root / "adapter_init")
+    if config.data.packing:
+        check_packing(model)
     write_manifest(run, parameters=count_parameters(model))
     if stop.requested:
         return TrainResult(run, "interrupted")
 
     callbacks = [MetricsLogger(run.metrics), stop, *extra_callbacks]
+    model.config.use_cache = False  # a KV cache is useless in training and hides packed-sequence boundaries
     with _tensorboard_dir(run.logs / "tensorboard"):  # read when the trainer builds its callbacks
-        trainer = TRAINER_BUILDERS[config.method.name](config, run, model, tokenizer, data, callbacks)
+        trainer = method.build_trainer(config, run, model, tokenizer, data, callbacks)
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    model.config.use_cache = True
     metrics: dict[str, Any] = dict(output.metrics)
     if stop.requested:
         logger.warning("Training stopped by a signal; the last checkpoint is in %s", run.checkpoints)
         return TrainResult(run, "interrupted", metrics)
     if data.eval is not None:
         metrics.update(trainer.evaluate())
-    save_final(config, run, trainer.model, tokenizer, grew_vocab=bool(changes.added_tokens))
+    save_final(config, run, trainer.model, tokenizer, bool(changes.added_tokens), initial_adapter)
     write_manifest(run, final_metrics=metrics)
     return TrainResult(run, "completed", metrics)
+
+
+def _load_base(config: Config, run: RunDir, tokenizer: PreTrainedTokenizerBase) -> tuple[PreTrainedModel, str]:
+    """The model to adapt, and where its unmodified base lives (what `final/` adapters point at).
+
+    A tiny model exists only in this process: it is saved to `base/` first, and reloaded from there when it must
+    be quantized, exactly as a hub model would be.
+    """
+    if config.model.name != "tiny":
+        return load_model(config.model, tokenizer), config.model.name
+    model = load_model(config.model.model_copy(update={"quantization": "none"}), tokenizer)
+    model.save_pretrained(run.base)
+    tokenizer.save_pretrained(run.base)
+    if config.model.quantization != "none":
+        model = load_model(config.model.model_copy(update={"name": str(run.base)}), tokenizer)
+    return model, str(run.base.resolve())
 
 
 @contextmanager
@@ -124,25 +151,24 @@ def _tensorboard_dir(path: Path) -> Iterator[None]:
             os.environ["TENSORBOARD_LOGGING_DIR"] = previous
 
 
-def _save_base_if_needed(
-    config: Config, run: RunDir, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
-) -> str:
-    """A tiny model exists only in this process; save it so adapters in `final/` have a base to load."""
-    if config.model.name != "tiny":
-        return config.model.name
-    model.save_pretrained(run.base)
-    tokenizer.save_pretrained(run.base)
-    return str(run.base.resolve())
-
-
 def save_final(
-    config: Config, run: RunDir, model: Any, tokenizer: PreTrainedTokenizerBase, grew_vocab: bool = False
+    config: Config,
+    run: RunDir,
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    grew_vocab: bool = False,
+    initial_adapter: Path | None = None,
 ) -> None:
     """Write the adapter or full model, the tokenizer and the config that made them into `final/`."""
     run.final.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PeftModel):
         # Added tokens change the embedding matrices; save them with the adapter so it loads consistently.
-        model.save_pretrained(run.final, save_embedding_layers=True if grew_vocab else "auto")
+        # PiSSA/OLoRA adapters are converted to a plain LoRA relative to the original (unmodified) base.
+        model.save_pretrained(
+            run.final,
+            save_embedding_layers=True if grew_vocab else "auto",
+            path_initial_model_for_weight_conversion=str(initial_adapter) if initial_adapter else None,
+        )
     else:
         model.save_pretrained(run.final, safe_serialization=True)
     tokenizer.save_pretrained(run.final)

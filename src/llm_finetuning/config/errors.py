@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from typing import Any
@@ -127,11 +128,22 @@ def _describe(
     return f"{msg[0].lower()}{msg[1:]} (got {shown})."
 
 
+def _first_key_named(message: str, locations: dict[KeyPath, str]) -> KeyPath:
+    """A whole-config check (two sections in conflict) is located at the first key its message names."""
+    keys = [tuple(m.split(".")) for m in re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)+)", message)]
+    for key in keys:
+        if key in locations:
+            return key
+    return keys[0] if keys else ()
+
+
 def format_validation_error(exc: ValidationError, locations: dict[KeyPath, str]) -> str:
     """One line per problem: `file:line: key.path: what is wrong and what to do`."""
     lines = []
     for error in exc.errors():
         path, owner, siblings = _walk(tuple(error["loc"]))
+        if not path and error["type"] == "value_error":
+            path = _first_key_named(error["msg"], locations)
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path = (*path, str(error.get("ctx", {}).get("discriminator", "")).strip("'"))
         lines.append(f"{_where(path, locations)}: {_dotted(path)}: {_describe(error, path, owner, siblings)}")

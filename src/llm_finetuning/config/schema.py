@@ -8,17 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, docstrings are descriptions."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-
-def _conflict(a: str, b: str, why: str = "") -> ValueError:
-    return ValueError(f"`{a}` and `{b}` cannot both be set{why}. Choose one.")
+from llm_finetuning.config.adapters import (  # noqa: F401  (re-exported: the schema's public names)
+    ADAPTERS,
+    PROMPT_LEARNING,
+    AdapterConfig,
+    AnyAdapter,
+    DoraAdapter,
+    FreezeAdapter,
+    FullAdapter,
+    IA3Adapter,
+    LoraAdapter,
+    PrefixAdapter,
+    PromptAdapter,
+    PTuningAdapter,
+)
+from llm_finetuning.config.base import Section, conflict
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -74,6 +80,11 @@ class ModelConfig(Section):
     allow_unsafe_weights: bool = False
     """Allow pickle-based `.bin` weights. By default only safetensors files are loaded, because pickle files
     can run code when loaded."""
+    quantization: Literal["none", "nf4", "fp4", "int8"] = "none"
+    """Load the frozen base weights quantized with bitsandbytes (QLoRA with a `lora` or `dora` adapter):
+    4-bit `nf4` or `fp4`, or 8-bit `int8`. Computation runs in `dtype`."""
+    double_quantization: bool = True
+    """With 4-bit quantization, also quantize the quantization constants (saves ~0.4 bits per parameter)."""
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     """Shape of the random model built when `name` is `tiny`."""
 
@@ -87,46 +98,15 @@ class ModelConfig(Section):
         return self
 
 
-# ------------------------------------------------------------------------------------------ adapter
-class FullAdapter(Section):
-    """Full fine-tuning: every parameter of the model trains."""
-
-    method: Literal["full"] = "full"
-    """Adapter method."""
-
-
-class LoraAdapter(Section):
-    """LoRA: train low-rank updates to chosen linear layers; the base weights stay frozen."""
-
-    method: Literal["lora"] = "lora"
-    """Adapter method."""
-    r: int = Field(16, gt=0)
-    """Rank of the low-rank update."""
-    alpha: float = Field(32, gt=0)
-    """Scale of the update (the update is multiplied by alpha / r)."""
-    dropout: float = Field(0.05, ge=0, lt=1)
-    """Dropout on the adapter's input during training."""
-    target_modules: Literal["all-linear"] | list[str] = "all-linear"
-    """Layers that get an adapter: `all-linear` (every linear layer except the output head) or a list of module
-    names such as `[q_proj, v_proj]`."""
-    bias: Literal["none", "all", "lora_only"] = "none"
-    """Which biases train along with the adapter."""
-    modules_to_save: list[str] = Field(default_factory=list)
-    """Modules trained in full and saved next to the adapter (e.g. `[lm_head]`)."""
-
-
-AdapterConfig = Annotated[FullAdapter | LoraAdapter, Field(discriminator="method")]
-
-
 # --------------------------------------------------------------------------------------------- data
 class DataSource(Section):
     """One data file, its format and how its columns map to the format's fields."""
 
     path: str
     """JSONL or JSON file (a list of objects). Relative paths are relative to the YAML file that sets them."""
-    format: Literal["messages", "alpaca", "prompt_completion"] = "messages"
+    format: Literal["messages", "alpaca", "prompt_completion", "text"] = "messages"
     """Row format: `messages` (OpenAI/ChatML list of {role, content}), `alpaca` (instruction, input, output),
-    or `prompt_completion` (prompt, completion)."""
+    `prompt_completion` (prompt, completion), or `text` (raw documents, for `method: pretrain`)."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Map from the format's field name to the column in the file, e.g. `{instruction: question,
     output: answer}` or `{messages: conversations}`."""
@@ -146,7 +126,12 @@ class DataConfig(Section):
     eval_split: float | None = Field(None, gt=0, lt=1)
     """Fraction of the training rows held out for evaluation when `eval` is not given."""
     max_length: int = Field(1024, gt=0)
-    """Longest tokenized example. Longer ones are cut at the end and counted; the count is reported."""
+    """Longest tokenized example. Longer ones are cut at the end and counted; the count is reported. With
+    `method: pretrain` this is the block length the text is cut into."""
+    packing: bool = False
+    """Pack several examples into each sequence of up to `max_length` tokens (no padding, faster). Examples
+    never attend to each other: positions restart per example and the attention isolates them; the run
+    checks this on the model before training and refuses if the attention implementation cannot."""
     chat_template: str | None = None
     """Prompt template: unset uses the tokenizer's chat template; a built-in name (`chatml`, `alpaca`) or a Jinja
     template string replaces it. A tokenizer without a template needs one of these."""
@@ -164,7 +149,7 @@ class DataConfig(Section):
         if not self.train:
             raise ValueError("`data.train` needs at least one source")
         if self.eval and self.eval_split is not None:
-            raise _conflict("data.eval", "data.eval_split", " (both define the evaluation data)")
+            raise conflict("data.eval", "data.eval_split", " (both define the evaluation data)")
         return self
 
 
@@ -179,9 +164,19 @@ class SFTMethod(Section):
     end-of-sequence token that closes each of them carry loss."""
 
 
+class PretrainMethod(Section):
+    """Continual pretraining on raw text: documents are tokenized, joined and cut into blocks of
+    `data.max_length` tokens, with loss on every token."""
+
+    name: Literal["pretrain"] = "pretrain"
+    """Training method."""
+    add_eos: bool = True
+    """Put the EOS token after every document, so the model sees where documents end."""
+
+
 # The tagged union of methods: each method owns its options. Later methods join this union.
-METHODS: tuple[type[Section], ...] = (SFTMethod,)
-MethodConfig = Annotated[SFTMethod, Field(discriminator="name")]
+METHODS: tuple[type[Section], ...] = (SFTMethod, PretrainMethod)
+MethodConfig = Annotated[SFTMethod | PretrainMethod, Field(discriminator="name")]
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -220,6 +215,9 @@ class TrainingConfig(Section):
     """Seed for shuffling, dropout and adapter initialisation."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision for the forward pass: `auto` uses bf16 on GPUs that support it (fp16 on older ones)
+    and none on CPU; `bf16` also works on CPUs (fast only on those with native bf16)."""
     logging_steps: int = Field(10, gt=0)
     """Log loss and learning rate every N optimizer steps."""
     save_steps: int | None = Field(None, gt=0)
@@ -233,7 +231,7 @@ class TrainingConfig(Section):
     @model_validator(mode="after")
     def _one_warmup(self) -> TrainingConfig:
         if self.warmup_ratio is not None and self.warmup_steps is not None:
-            raise _conflict("training.warmup_ratio", "training.warmup_steps")
+            raise conflict("training.warmup_ratio", "training.warmup_steps")
         return self
 
 
@@ -261,7 +259,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The model to start from."""
     adapter: AdapterConfig = Field(default_factory=LoraAdapter)
-    """How the model is adapted: `lora` or `full`."""
+    """How the model is adapted: `full`, `freeze`, `lora`, `dora`, `ia3`, `prefix`, `prompt` or `p_tuning`."""
     data: DataConfig
     """Training and evaluation data."""
     method: MethodConfig = Field(default_factory=SFTMethod)
@@ -274,6 +272,26 @@ class Config(Section):
     """Experiment trackers."""
     output_dir: str = "runs/run"
     """Run directory (relative to the working directory). Never overwritten without `--overwrite`."""
+
+    @model_validator(mode="after")
+    def _compatible_sections(self) -> Config:
+        method = self.adapter.method
+        if self.model.quantization != "none" and method not in ("lora", "dora"):
+            raise ValueError(
+                f"`model.quantization: {self.model.quantization}` needs `adapter.method: lora` or `dora` (QLoRA); "
+                f"`adapter.method: {method}` would train quantized weights. Change one of them"
+            )
+        if self.data.packing and method in PROMPT_LEARNING:
+            raise ValueError(
+                f"`data.packing: true` cannot be used with `adapter.method: {method}`: its virtual tokens are "
+                "prepended once per sequence, so packed examples would share them. Choose one"
+            )
+        if self.data.packing and self.method.name == "pretrain":
+            raise ValueError(
+                "`data.packing: true` has no effect with `method.name: pretrain`, whose text is already cut into "
+                "full blocks. Remove one"
+            )
+        return self
 
     @field_validator("adapter", "method", mode="before")
     @classmethod

@@ -70,6 +70,14 @@ def from_prompt_completion(row: dict[str, Any], columns: dict[str, str]) -> list
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
+def text_field(row: dict[str, Any], columns: dict[str, str]) -> str:
+    """The document of a `text` row."""
+    text = _text(row, columns, "text")
+    if not text.strip():
+        raise RowError(f"field `{columns.get('text', 'text')}` is empty")
+    return text
+
+
 FORMATS: dict[str, Callable[[dict[str, Any], dict[str, str]], list[Message]]] = {
     "messages": from_messages,
     "alpaca": from_alpaca,

@@ -14,7 +14,7 @@ from llm_finetuning.config.schema import DataConfig, DataSource
 from llm_finetuning.data.formats import RowError, to_messages
 from llm_finetuning.data.reading import Row, file_fingerprint, read_rows
 from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, encode
-from llm_finetuning.errors import DataError
+from llm_finetuning.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class SplitStats:
     dropped_no_completion_after_truncation: int = 0
     tokens: int = 0
     completion_tokens: int = 0
+    dropped_tail_tokens: int = 0
     bad_rows: list[str] = field(default_factory=list)
 
 
@@ -44,8 +45,28 @@ class PreparedData:
         return {name: asdict(s) for name, s in self.stats.items()}
 
 
+def handle_bad_row(
+    exc: Exception, item: Row | DataError, source: DataSource, on_bad_row: str, stats: SplitStats
+) -> None:
+    """Stop with the row's location and field, or count it (keeping the first few messages)."""
+    where = item.where if isinstance(item, Row) else ""
+    message = f"{where}: {exc}" if where else str(exc)
+    if on_bad_row == "error":
+        raise DataError(
+            f"{message}\n(format `{source.format}`; set `data.on_bad_row: skip` to drop such rows)"
+        ) from None
+    stats.skipped_bad_rows += 1
+    if len(stats.bad_rows) < 20:
+        stats.bad_rows.append(message)
+
+
 def load_messages(source: DataSource, on_bad_row: str, stats: SplitStats) -> list[tuple[str, list]]:
     """Read one source into (row location, messages) pairs, stopping or counting at bad rows."""
+    if source.format == "text":
+        raise ConfigError(
+            f"data source {source.path}: `format: text` has no completion to learn; use it with "
+            "`method.name: pretrain`, or choose messages, alpaca or prompt_completion."
+        )
     out = []
     for item in read_rows(source.path, source.max_samples):
         stats.rows += 1
@@ -54,16 +75,18 @@ def load_messages(source: DataSource, on_bad_row: str, stats: SplitStats) -> lis
                 raise item
             out.append((item.where, to_messages(item.data, source.format, source.columns, source.system_prompt)))
         except (RowError, DataError) as exc:
-            where = item.where if isinstance(item, Row) else ""
-            message = f"{where}: {exc}" if where else str(exc)
-            if on_bad_row == "error":
-                raise DataError(
-                    f"{message}\n(format `{source.format}`; set `data.on_bad_row: skip` to drop such rows)"
-                ) from None
-            stats.skipped_bad_rows += 1
-            if len(stats.bad_rows) < 20:
-                stats.bad_rows.append(message)
+            handle_bad_row(exc, item, source, on_bad_row, stats)
     return out
+
+
+def split_eval(rows: list, fraction: float, seed: int, stats: dict[str, SplitStats]) -> tuple[list, list]:
+    """Hold out a seeded random `fraction` of the rows for evaluation; returns (train, eval)."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    cut = max(1, round(len(rows) * fraction))
+    stats["train"].rows -= cut
+    stats["eval"].rows = cut
+    return rows[cut:], rows[:cut]
 
 
 def tokenize_rows(
@@ -120,11 +143,7 @@ def prepare_data(
         eval_rows = _read_split(config.eval, config, stats["eval"], prints)
     elif config.eval_split:
         stats["eval"] = SplitStats()
-        random.Random(seed).shuffle(train_rows)
-        cut = max(1, round(len(train_rows) * config.eval_split))
-        eval_rows, train_rows = train_rows[:cut], train_rows[cut:]
-        stats["train"].rows -= cut
-        stats["eval"].rows = cut
+        train_rows, eval_rows = split_eval(train_rows, config.eval_split, seed, stats)
     if not train_rows:
         raise DataError("No usable training rows: every row was skipped as malformed. See the log for examples.")
 

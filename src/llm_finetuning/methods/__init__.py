@@ -1,9 +1,13 @@
-"""One module per training method; each turns the config into a trainer and nothing else."""
+"""One module per training method; each turns the config into data and a trainer, nothing else.
+
+A method module provides `prepare(config, tokenizer) -> PreparedData`, `build_trainer(...)` and
+`NEEDS_CHAT_TEMPLATE`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from types import ModuleType
 
-from llm_finetuning.methods import sft
+from llm_finetuning.methods import pretrain, sft
 
-TRAINER_BUILDERS: dict[str, Callable] = {"sft": sft.build_trainer}
+METHODS: dict[str, ModuleType] = {"sft": sft, "pretrain": pretrain}

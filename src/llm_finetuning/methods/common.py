@@ -11,7 +11,6 @@ import torch
 from llm_finetuning.config.schema import Config
 from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError
-from llm_finetuning.models.loading import resolve_dtype
 from llm_finetuning.runs.rundir import RunDir
 
 # TrainingArguments names this schema sets itself; `training.extra` may not set them behind its back.
@@ -44,6 +43,18 @@ COVERED = {
 }
 
 
+def mixed_precision(setting: str) -> str:
+    """Resolve `training.mixed_precision` for this machine: `bf16`, `fp16` or `no`."""
+    cuda = torch.cuda.is_available()
+    if setting == "auto":
+        if not cuda:
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if setting == "fp16" and not cuda:
+        raise ConfigError("training.mixed_precision: fp16 autocast needs a CUDA GPU; use `bf16` or `no` on CPU.")
+    return setting
+
+
 def check_trackers(report_to: list[str]) -> None:
     """Fail before training, not at the first log step, when a tracker's package is missing."""
     missing = [name for name in report_to if not is_installed(name)]
@@ -59,8 +70,8 @@ def training_arguments(config: Config, run: RunDir, has_eval: bool) -> dict[str,
     """Keyword arguments for a transformers `TrainingArguments` subclass (TRL's method configs)."""
     check_trackers(config.tracking.report_to)
     t = config.training
-    dtype = resolve_dtype(config.model.dtype)
     on_gpu = torch.cuda.is_available()
+    precision = mixed_precision(t.mixed_precision)
     warmup: float = t.warmup_steps if t.warmup_steps is not None else (t.warmup_ratio or 0.0)
     evaluate_steps = has_eval and config.eval.every_steps is not None
     return {
@@ -89,9 +100,8 @@ def training_arguments(config: Config, run: RunDir, has_eval: bool) -> dict[str,
         "eval_steps": config.eval.every_steps if evaluate_steps else None,
         "report_to": list(config.tracking.report_to) or "none",
         "run_name": config.tracking.run_name or run.root.name,
-        # Mixed precision only where it runs on the hardware; weights in bf16/fp16 on CPU train as loaded.
-        "bf16": on_gpu and dtype == torch.bfloat16,
-        "fp16": on_gpu and dtype == torch.float16,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
         "use_cpu": not on_gpu and not torch.backends.mps.is_available(),
     }
 

@@ -1,7 +1,9 @@
-"""Supervised fine-tuning: config -> TRL `SFTTrainer`, nothing else.
+"""Supervised fine-tuning: config -> tokenized chat data -> TRL `SFTTrainer`, nothing else.
 
 The data arrives tokenized, with labels that are -100 outside completions (see `data/tokenize.py`), so TRL
-uses them as they are; truncation has already happened and been counted.
+uses them as they are; truncation has already happened and been counted. With `data.packing`, TRL packs the
+examples (best-fit decreasing) and its padding-free collator restarts positions per example, which the model's
+attention turns into a block-diagonal mask.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from trl import SFTConfig, SFTTrainer
 
 from llm_finetuning.config.schema import Config
-from llm_finetuning.data.pipeline import PreparedData
+from llm_finetuning.data.pipeline import PreparedData, prepare_data
 from llm_finetuning.methods.common import apply_extra, training_arguments
 from llm_finetuning.runs.rundir import RunDir
+
+NEEDS_CHAT_TEMPLATE = True
+
+
+def prepare(config: Config, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+    return prepare_data(config.data, tokenizer, config.method.train_on_prompt, config.training.seed)
 
 
 def build_trainer(
@@ -26,9 +34,13 @@ def build_trainer(
     callbacks: list[TrainerCallback],
 ) -> SFTTrainer:
     arguments: dict[str, Any] = training_arguments(config, run, has_eval=data.eval is not None)
+    packing = config.data.packing
     arguments.update(
-        max_length=None,  # examples are already cut to data.max_length, and the cuts were counted
-        packing=False,
+        # Unpacked examples are already cut to data.max_length (and counted); packing fills rows up to it.
+        max_length=config.data.max_length if packing else None,
+        packing=packing,
+        packing_strategy="bfd",
+        eval_packing=packing,
         dataset_num_proc=None,
         shuffle_dataset=False,  # the trainer's sampler shuffles every epoch with training.seed
     )

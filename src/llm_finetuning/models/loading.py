@@ -7,10 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from llm_finetuning.config.schema import ModelConfig
 from llm_finetuning.data.templates import BUILTIN_TEMPLATES
+from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError, UserError
 from llm_finetuning.models import tiny
 
@@ -61,7 +68,9 @@ class TokenizerChanges:
     notes: list[str] = field(default_factory=list)
 
 
-def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, chat_template: str | None) -> TokenizerChanges:
+def prepare_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, chat_template: str | None, require_template: bool = True
+) -> TokenizerChanges:
     """Install the chat template and make sure EOS exists and padding uses a token that is not EOS.
 
     A pad token equal to EOS is the classic way to train a model that never stops: wherever padding is masked
@@ -86,7 +95,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, chat_template: str | N
                 f"data.chat_template: `{chat_template}` is neither a built-in template "
                 f"({', '.join(BUILTIN_TEMPLATES)}) nor a Jinja template string."
             )
-    elif not tokenizer.chat_template:
+    elif not tokenizer.chat_template and require_template:
         raise ConfigError(
             "The tokenizer has no chat template. Set `data.chat_template` to a built-in template "
             f"({', '.join(BUILTIN_TEMPLATES)}) or to a Jinja template string."
@@ -130,6 +139,27 @@ def load_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTr
     return model
 
 
+def quantization_config(config: ModelConfig, dtype: torch.dtype) -> BitsAndBytesConfig:
+    """bitsandbytes settings for `model.quantization`; compute runs in the model's dtype."""
+    if not is_installed("bitsandbytes"):
+        raise ConfigError(
+            f"model.quantization: {config.quantization} needs bitsandbytes: pip install 'llm-finetuning[quantization]'"
+        )
+    if config.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.quantization,
+        bnb_4bit_use_double_quant=config.double_quantization,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+    )
+
+
+def is_quantized(model: PreTrainedModel) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
 def _from_pretrained(config: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
     kwargs: dict = {
         "revision": config.revision,
@@ -141,6 +171,8 @@ def _from_pretrained(config: ModelConfig, dtype: torch.dtype) -> PreTrainedModel
         kwargs["attn_implementation"] = config.attn_implementation
     if config.device_map is not None:
         kwargs["device_map"] = config.device_map
+    if config.quantization != "none":
+        kwargs["quantization_config"] = quantization_config(config, dtype)
     _check_local(config.name, "model.name")
     try:
         return AutoModelForCausalLM.from_pretrained(config.name, **kwargs)
