@@ -152,7 +152,6 @@ def quantization_config(config: ModelConfig, dtype: torch.dtype) -> BitsAndBytes
         bnb_4bit_quant_type=config.quantization,
         bnb_4bit_use_double_quant=config.double_quantization,
         bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_storage=dtype,
     )
 
 
