@@ -90,8 +90,9 @@ def test_qlora_trains_only_the_adapter_over_quantized_weights(tmp_path, write_js
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     final = tmp_path / "run" / "final"
-    base = AutoModelForCausalLM.from_pretrained(json.loads((final / "adapter_config.json").read_text())[
-        "base_model_name_or_path"])
+    base = AutoModelForCausalLM.from_pretrained(
+        json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"]
+    )
     assert not getattr(base, "is_loaded_in_4bit", False)  # the adapter points at the unquantized base
     PeftModel.from_pretrained(base, final)
 

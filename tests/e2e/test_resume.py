@@ -108,10 +108,12 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_losses(
     data = write_jsonl(qa_rows)  # 20 rows: 5 batches of 4 = 3 optimizer steps per epoch (2 + 2 + 1 batches)
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
 
+    t0 = time.monotonic()
     # The uninterrupted run, in this process.
     config = tiny_config(data, reference, adapter=adapter, training=TRAINING)
     assert train(Config.model_validate(config)).status == "completed"
 
+    print("reference", time.monotonic() - t0)
     # The same config in another run directory, through the CLI, killed with SIGKILL after checkpoint-N.
     path = write_yaml({**config, "output_dir": str(interrupted)})
     command = [sys.executable, "-m", "llm_finetuning.cli.main", "train", str(path)]
@@ -125,6 +127,7 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_losses(
             if process.poll() is None:
                 process.kill()
                 process.wait()
+    print("killed", killed_at, time.monotonic() - t0)
     resumed_from = killed_at - killed_at % SAVE_STEPS
     assert resumed_from >= kill_after
     assert json.loads((interrupted / "manifest.json").read_text())["status"] == "running"  # SIGKILL: no cleanup
@@ -135,10 +138,9 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_losses(
     assert [r["step"] for r in before_kill] == list(range(1, killed_at + 1))
 
     # Continue it from its last checkpoint.
-    resumed = subprocess.run(
-        [*command, "--resume"], capture_output=True, text=True, env=env, timeout=300, check=False
-    )
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    print("resumed", time.monotonic() - t0)
     manifest = json.loads((interrupted / "manifest.json").read_text())
     assert manifest["status"] == "completed"
 

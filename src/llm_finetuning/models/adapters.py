@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,9 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def save_initial_adapter(model: Any, adapter: AnyAdapter, path: Path) -> Path | None:
     """PiSSA/OLoRA change the base weights; keep the initial adapter so the final one can be converted back."""
     if isinstance(model, PeftModel) and isinstance(adapter, LoraAdapter) and adapter.init in MUTATING_INITS:
-        model.save_pretrained(path)
+        with warnings.catch_warnings():
+            # PEFT warns that a PiSSA adapter is unconverted; this copy exists precisely to convert at save time.
+            warnings.filterwarnings("ignore", message=".*changes the base weights.*")
+            model.save_pretrained(path)
         return path
     return None
