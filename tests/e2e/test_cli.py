@@ -78,7 +78,7 @@ def test_train_help_lists_config_keys_with_descriptions(cli):
         "training.learning_rate: Peak learning rate."
     ]
     (lora_rank,) = lines_starting_with(result.stdout, ("adapter.r ",))
-    assert "adapter.method: lora" in lora_rank and "Rank of the low-rank update" in lora_rank
+    assert "adapter.method: lora | dora" in lora_rank and "Rank of the low-rank update" in lora_rank
     assert lines_starting_with(result.stdout, ("model.allow_unsafe_weights:",))
 
 

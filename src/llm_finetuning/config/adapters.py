@@ -105,7 +105,8 @@ class PrefixAdapter(Section):
     projection: bool = False
     """Produce the prefix through a two-layer MLP (more stable training, more parameters while training)."""
     projection_hidden_size: int | None = Field(None, gt=0)
-    """Hidden width of the projection MLP; defaults to the model's hidden size."""
+    """Hidden width of the projection MLP; defaults to the width of the prefix vectors (the key/value width,
+    which is smaller than the hidden size in grouped-query attention models)."""
 
     @model_validator(mode="after")
     def _hidden_needs_projection(self) -> PrefixAdapter:

@@ -60,8 +60,21 @@ def describe(model: type[BaseModel] = Config, prefix: str = "", variant: str = "
         elif len(nested) == 1:
             rows.extend(describe(nested[0], f"{key}[].", variant))
         else:
-            for member in nested:
-                tag = next((f for f in ("name", "method") if f in member.model_fields), None)
-                label = f"{key}.{tag}: {member.model_fields[tag].default}" if tag else member.__name__
-                rows.extend(r for r in describe(member, f"{key}.", label) if not r.key.endswith(f".{tag}"))
+            rows.extend(_union_rows(nested, key))
     return rows
+
+
+def _union_rows(members: list[type[BaseModel]], key: str) -> list[KeyInfo]:
+    """Options of a tagged union's members; an option shared unchanged by several is listed once."""
+    merged: dict[tuple[str, str, str, str], list[str]] = {}
+    tag_name = ""
+    for member in members:
+        tag_name = next((f for f in ("name", "method") if f in member.model_fields), "")
+        tag = str(member.model_fields[tag_name].default) if tag_name else member.__name__
+        for row in describe(member, f"{key}."):
+            if not row.key.endswith(f".{tag_name}"):
+                merged.setdefault((row.key, row.type, row.default, row.description), []).append(tag)
+    return [
+        KeyInfo(k, t, d, text, f"{key}.{tag_name}: {' | '.join(tags)}")
+        for (k, t, d, text), tags in merged.items()
+    ]

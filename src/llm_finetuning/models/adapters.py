@@ -148,20 +148,25 @@ def freeze_except(model: PreTrainedModel, adapter: FreezeAdapter) -> PreTrainedM
     indices = chosen_layers(adapter.layers, len(layer_list))
     layer_pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.+)$")
     used = {name: False for name in [*adapter.modules, *adapter.extra_modules]}
+    # Decide per tensor, not per name: tied weights (lm_head = embed_tokens) are one tensor under two names,
+    # and choosing either name must train it.
+    chosen: set[int] = set()
     for name, parameter in model.named_parameters(remove_duplicate=False):
         parts = name.split(".")
-        train = False
         match = layer_pattern.match(name)
         if match and int(match.group(1)) in indices:
-            inner = match.group(2).split(".")
-            hits = [m for m in adapter.modules if m in inner]
+            hits = [m for m in adapter.modules if m in match.group(2).split(".")]
             train = not adapter.modules or bool(hits)
-            used.update(dict.fromkeys(hits, True))
         elif not match:
             hits = [m for m in adapter.extra_modules if m in parts]
             train = bool(hits)
-            used.update(dict.fromkeys(hits, True))
-        parameter.requires_grad_(train)
+        else:
+            hits, train = [], False
+        used.update(dict.fromkeys(hits, True))
+        if train:
+            chosen.add(id(parameter))
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in chosen)
     unknown = [name for name, hit in used.items() if not hit]
     if unknown:
         raise ConfigError(
