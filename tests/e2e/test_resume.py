@@ -5,7 +5,8 @@ The config exercises everything a resume must restore: the optimizer moments (Ad
 scheduler (warm-up then cosine), the data order of later epochs (20 rows = 3 optimizer steps per epoch with a
 short last accumulation step, 30 steps = 10 epochs), the dataloader position inside an epoch, and, for LoRA
 with dropout, the RNG state. LoRA is killed after checkpoint-10 (mid-epoch: 10 % 3 == 1, so the resumed
-epoch skips 2 batches); full fine-tuning after checkpoint-15 (an epoch boundary), the other resume path.
+epoch skips 2 batches); full fine-tuning after checkpoint-15 (an epoch boundary), the other resume path. (The
+process is caught a few steps after that checkpoint; if it is not caught in time, after a later one.)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,7 +81,8 @@ def kill_between_checkpoints(process: subprocess.Popen, run: Path, after: int, l
         assert time.monotonic() < deadline, f"the run did not get past step {after}:\n{log.read_text()}"
         if last_logged_step(run) > after:
             os.kill(process.pid, signal.SIGSTOP)
-            os.waitpid(process.pid, os.WUNTRACED)  # returns once it is really stopped
+            _, status = os.waitpid(process.pid, os.WUNTRACED)  # returns once it is really stopped
+            assert os.WIFSTOPPED(status), f"the run ended before it could be killed:\n{log.read_text()}"
             frozen_at = last_logged_step(run)  # nothing more can be written now
             if frozen_at % SAVE_STEPS != 0 and frozen_at < MAX_STEPS:
                 process.kill()
@@ -88,6 +91,30 @@ def kill_between_checkpoints(process: subprocess.Popen, run: Path, after: int, l
                 return frozen_at
             os.kill(process.pid, signal.SIGCONT)
         time.sleep(0.005)
+
+
+@pytest.fixture
+def llmft():
+    """Start `llmft train CONFIG [OPTIONS]` in a new process on the CPU, its output going to `log`; whatever is
+    still running when the test ends is killed."""
+    started: list[subprocess.Popen] = []
+
+    def start(config: Path, log: Path, *options: str) -> subprocess.Popen:
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "llm_finetuning.cli.main", "train", str(config), *options],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""},
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -103,31 +130,18 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     [pytest.param(LORA, 10, id="lora-dropout-mid-epoch"), pytest.param(FULL, 15, id="full-epoch-boundary")],
 )
 def test_sigkilled_run_resumes_to_the_same_weights_and_losses(
-    tmp_path, write_jsonl, write_yaml, qa_rows, adapter, kill_after
+    tmp_path, write_jsonl, write_yaml, qa_rows, llmft, adapter, kill_after
 ):
     data = write_jsonl(qa_rows)  # 20 rows: 5 batches of 4 = 3 optimizer steps per epoch (2 + 2 + 1 batches)
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
 
-    t0 = time.monotonic()
-    # The uninterrupted run, in this process.
+    # The same config in two run directories, both trained through the CLI at the same time: one uninterrupted,
+    # one killed with SIGKILL after checkpoint-`kill_after`.
     config = tiny_config(data, reference, adapter=adapter, training=TRAINING)
-    assert train(Config.model_validate(config)).status == "completed"
-
-    print("reference", time.monotonic() - t0)
-    # The same config in another run directory, through the CLI, killed with SIGKILL after checkpoint-N.
-    path = write_yaml({**config, "output_dir": str(interrupted)})
-    command = [sys.executable, "-m", "llm_finetuning.cli.main", "train", str(path)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = tmp_path / "interrupted.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
-        try:
-            killed_at = kill_between_checkpoints(process, interrupted, kill_after, log)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    print("killed", killed_at, time.monotonic() - t0)
+    reference_run = llmft(write_yaml(config, "reference.yaml"), tmp_path / "reference.log")
+    path = write_yaml({**config, "output_dir": str(interrupted)}, "interrupted.yaml")
+    process = llmft(path, tmp_path / "interrupted.log")
+    killed_at = kill_between_checkpoints(process, interrupted, kill_after, tmp_path / "interrupted.log")
     resumed_from = killed_at - killed_at % SAVE_STEPS
     assert resumed_from >= kill_after
     assert json.loads((interrupted / "manifest.json").read_text())["status"] == "running"  # SIGKILL: no cleanup
@@ -138,9 +152,9 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_losses(
     assert [r["step"] for r in before_kill] == list(range(1, killed_at + 1))
 
     # Continue it from its last checkpoint.
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    print("resumed", time.monotonic() - t0)
+    resumed = llmft(path, tmp_path / "resumed.log", "--resume")
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+    assert reference_run.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
     manifest = json.loads((interrupted / "manifest.json").read_text())
     assert manifest["status"] == "completed"
 
@@ -149,7 +163,7 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_losses(
     records = loss_records(interrupted)
     steps = [r["step"] for r in records]
     assert steps == list(range(1, killed_at + 1)) + list(range(resumed_from + 1, MAX_STEPS + 1))
-    first, again = before_kill[resumed_from:], records[killed_at : killed_at + len(before_kill) - resumed_from]
+    first, again = before_kill[resumed_from:], records[killed_at : 2 * killed_at - resumed_from]
     assert [r["step"] for r in again] == [r["step"] for r in first] != []
     for earlier, later in zip(first, again, strict=True):
         assert math.isclose(later["loss"], earlier["loss"], rel_tol=0, abs_tol=TOLERANCE), (earlier, later)
@@ -180,5 +194,21 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_losses(
     assert want_weights.keys() == have_weights.keys()
     for name, tensor in want_weights.items():
         torch.testing.assert_close(have_weights[name], tensor, atol=TOLERANCE, rtol=0, msg=name)
-    # The resumed steps moved them: equal weights are not equal because the resume did nothing.
+    # The resumed steps moved them, so the match above is not two copies of an untouched checkpoint.
     assert any(not torch.equal(at_checkpoint[name], have_weights[name]) for name in at_checkpoint)
+
+
+def test_resume_skips_a_checkpoint_the_kill_left_half_written(tmp_path, write_jsonl, qa_rows):
+    training = {**TRAINING, "max_steps": 10}
+    config = Config.model_validate(tiny_config(write_jsonl(qa_rows), tmp_path / "run", adapter=LORA, training=training))
+    run = tmp_path / "run"
+    assert train(config).status == "completed"
+    expected = weights(run / "final")
+    # What SIGKILL during the save of checkpoint-10 leaves: its weights, optimizer, ... but no trainer_state.json.
+    (run / "checkpoints" / "checkpoint-10" / "trainer_state.json").unlink()
+    shutil.rmtree(run / "final")
+
+    assert train(config, resume=True).status == "completed"  # from checkpoint-5, the last complete one
+    assert [r["step"] for r in loss_records(run)] == [*range(1, 11), *range(6, 11)]
+    for name, tensor in weights(run / "final").items():
+        torch.testing.assert_close(tensor, expected[name], atol=TOLERANCE, rtol=0, msg=name)

@@ -74,7 +74,4 @@ def _union_rows(members: list[type[BaseModel]], key: str) -> list[KeyInfo]:
         for row in describe(member, f"{key}."):
             if not row.key.endswith(f".{tag_name}"):
                 merged.setdefault((row.key, row.type, row.default, row.description), []).append(tag)
-    return [
-        KeyInfo(k, t, d, text, f"{key}.{tag_name}: {' | '.join(tags)}")
-        for (k, t, d, text), tags in merged.items()
-    ]
+    return [KeyInfo(k, t, d, text, f"{key}.{tag_name}: {' | '.join(tags)}") for (k, t, d, text), tags in merged.items()]

@@ -12,8 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
-    return [p[0] for p in points], [float(p[1]) for p in points]
+    # metrics.jsonl is append-only: after a resume, steps between the checkpoint and the interruption are logged
+    # again. The later value of a step wins, so the curve is the trajectory the final model followed.
+    points = {r["step"]: float(r[key]) for r in records if isinstance(r.get(key), int | float)}
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
 
 
 def plot_metrics(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -18,6 +19,8 @@ import yaml
 
 from llm_finetuning.config.schema import Config
 from llm_finetuning.errors import RunDirError
+
+logger = logging.getLogger(__name__)
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 
@@ -62,10 +65,19 @@ class RunDir:
         return self.root / "logs"
 
     def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint. transformers writes `trainer_state.json` last and not atomically,
+        so a process killed while saving leaves a folder without a readable one: skip it, say so."""
         if not self.checkpoints.is_dir():
             return None
         found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+        for candidate in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+            try:
+                json.loads((candidate / "trainer_state.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                logger.warning("Skipping %s: it was not completely written (no readable trainer_state.json)", candidate)
+                continue
+            return candidate
+        return None
 
 
 def now() -> str:
