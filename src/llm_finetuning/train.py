@@ -81,6 +81,8 @@ def _train(
     tokenizer = load_tokenizer(config.model)
     changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.NEEDS_CHAT_TEMPLATE)
     data = method.prepare(config, tokenizer)
+    if data.dropped_rows():
+        run.dropped_rows.write_text("\n".join(data.dropped_rows()) + "\n", encoding="utf-8")
     write_manifest(
         run,
         data={"fingerprints": data.fingerprints, "stats": data.stats_dict()},

@@ -278,3 +278,18 @@ def test_gradient_checkpointing_does_not_change_the_result(tmp_path, write_jsonl
     assert plain.changed() and plain.changed() == checkpointed.changed()
     for name in plain.after:
         torch.testing.assert_close(plain.after[name], checkpointed.after[name], rtol=1e-5, atol=1e-6)
+
+
+def test_skipped_rows_are_all_reported_in_the_run_directory(tmp_path, write_jsonl, qa_rows):
+    bad = [{"prompt": f"q{i}"} for i in range(8)]  # no completion
+    data = write_jsonl([*qa_rows, *bad, "{broken"])
+    config = Config.model_validate(tiny_config(data, tmp_path / "run", data={"on_error": "skip"}))
+    train(config)
+    lines = (tmp_path / "run" / "dropped_rows.txt").read_text().splitlines()
+    assert len(lines) == 9
+    assert lines[0].startswith(f"train: {data}:21: field `completion` is missing")
+    assert (
+        lines[-1] == f"train: {data}:29: not valid JSON (Expecting property name enclosed in double quotes at column 2)"
+    )
+    stats = json.loads((tmp_path / "run" / "manifest.json").read_text())["data"]["stats"]["train"]
+    assert stats["skipped_bad_rows"] == 9 and len(stats["bad_rows"]) == 5 and stats["examples"] == len(qa_rows)

@@ -53,10 +53,10 @@ def test_messages_with_mapped_column():
             {"prompt": "question"},
             "field `question` (mapped from `prompt`) is missing",
         ),
-        ({"prompt": 3, "completion": "y"}, "prompt_completion", {}, "field `prompt` must be a string"),
+        ({"prompt": 3, "completion": "y"}, "prompt_completion", {}, "field `prompt` must be text, a message"),
         ({"messages": [{"role": "user", "content": "a"}]}, "messages", {}, "no assistant message"),
         ({"messages": [{"role": "robot", "content": "a"}]}, "messages", {}, "`messages[0].role` is `robot`"),
-        ({"messages": [{"role": "user"}]}, "messages", {}, "`messages[0]` must be an object with `role`"),
+        ({"messages": [{"role": "user"}]}, "messages", {}, "`messages[0]` content must be a string"),
         ({"messages": "hi"}, "messages", {}, "must be a non-empty list"),
         ({"prompt": "x", "completion": "  "}, "prompt_completion", {}, "assistant message is empty"),
     ],
@@ -72,14 +72,14 @@ def test_bad_row_stops_with_file_line_and_field(write_jsonl):
     with pytest.raises(DataError) as info:
         prepare_data(config, build_tokenizer(), train_on_prompt=False, seed=0)
     assert f"{path}:2: not valid JSON" in str(info.value)
-    assert "on_bad_row: skip" in str(info.value)
+    assert "on_error: skip" in str(info.value)
 
 
 def test_skip_mode_drops_and_counts_bad_rows_and_keeps_the_rest(write_jsonl):
     path = write_jsonl(
         [{"prompt": "a", "completion": "b"}, "{not json", {"prompt": "c"}, [1, 2], {"prompt": "d", "completion": "e"}]
     )
-    config = data_config(train={"path": str(path), "format": "prompt_completion"}, on_bad_row="skip")
+    config = data_config(train={"path": str(path), "format": "prompt_completion"}, on_error="skip")
     data = prepare_data(config, build_tokenizer(), train_on_prompt=False, seed=0)
     stats = data.stats["train"]
     assert (stats.rows, stats.skipped_bad_rows, stats.examples) == (5, 3, 2)
@@ -133,7 +133,7 @@ def test_eval_split_is_deterministic_and_disjoint(write_jsonl):
 
 
 def test_all_rows_bad_is_an_error(write_jsonl):
-    config = data_config(train={"path": str(write_jsonl([{"x": 1}])), "format": "alpaca"}, on_bad_row="skip")
+    config = data_config(train={"path": str(write_jsonl([{"x": 1}])), "format": "alpaca"}, on_error="skip")
     with pytest.raises(DataError, match="No usable training rows"):
         prepare_data(config, build_tokenizer(), train_on_prompt=False, seed=0)
 

@@ -100,20 +100,51 @@ class ModelConfig(Section):
 
 # --------------------------------------------------------------------------------------------- data
 class DataSource(Section):
-    """One data file, its format and how its columns map to the format's fields."""
+    """One data source (a local file, or a hub dataset), its format and how its columns map to the format."""
 
-    path: str
-    """JSONL or JSON file (a list of objects). Relative paths are relative to the YAML file that sets them."""
-    format: Literal["messages", "alpaca", "prompt_completion", "text"] = "messages"
-    """Row format: `messages` (OpenAI/ChatML list of {role, content}), `alpaca` (instruction, input, output),
-    `prompt_completion` (prompt, completion), or `text` (raw documents, for `method: pretrain`)."""
+    path: str | None = None
+    """Local file: `.jsonl`, `.json` (a list of objects), `.csv`, `.parquet`, each optionally gzipped (`.gz`).
+    Relative paths are relative to the YAML file that sets them."""
+    hub: str | None = None
+    """Hub dataset id (`openai/gsm8k`) or a local directory in hub layout, read with `datasets.load_dataset`."""
+    subset: str | None = None
+    """Hub dataset configuration (e.g. `main` for GSM8K)."""
+    split: str | None = None
+    """Split of the hub dataset to read (`train`, `test`, `train[:10%]`); `train` when unset."""
+    revision: str | None = None
+    """Hub dataset revision (branch, tag or commit)."""
+    format: Literal[
+        "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired", "prompt_only", "text"
+    ] = "messages"
+    """Row format: `messages` (OpenAI chat format), `sharegpt` (conversations of {from, value}), `alpaca`
+    (instruction, input, output), `prompt_completion`, `preference` (prompt, chosen, rejected; HH-RLHF transcripts
+    too), `unpaired` (prompt, completion, label), `prompt_only` (prompt + extra columns), `text` (raw documents)."""
     columns: dict[str, str] = Field(default_factory=dict)
-    """Map from the format's field name to the column in the file, e.g. `{instruction: question,
+    """Map from the format's field name to the column in the data, e.g. `{instruction: question,
     output: answer}` or `{messages: conversations}`."""
     max_samples: int | None = Field(None, gt=0)
-    """Use only the first N rows of the file."""
+    """Use only the first N rows."""
     system_prompt: str | None = None
     """System message put before every conversation that has none."""
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> DataSource:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("a data source needs exactly one of `path` (a local file) or `hub` (a hub dataset)")
+        if self.path is not None and (self.subset is not None or self.split is not None):
+            raise ValueError("`subset` and `split` apply to `hub` datasets, not to a local `path`")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How messages and the manifest name this source."""
+        if self.path is not None:
+            return self.path
+        return f"{self.hub}{f'/{self.subset}' if self.subset else ''}[{self.hub_split}]"
+
+    @property
+    def hub_split(self) -> str:
+        return self.split or "train"
 
 
 class DataConfig(Section):
@@ -135,8 +166,9 @@ class DataConfig(Section):
     chat_template: str | None = None
     """Prompt template: unset uses the tokenizer's chat template; a built-in name (`chatml`, `alpaca`) or a Jinja
     template string replaces it. A tokenizer without a template needs one of these."""
-    on_bad_row: Literal["error", "skip"] = "error"
-    """What a malformed row does: `error` stops with its file, line and field; `skip` drops and counts it."""
+    on_error: Literal["fail", "skip"] = "fail"
+    """What a malformed row does: `fail` stops before training with its file, line and field; `skip` drops
+    it, counts it, and reports every dropped row in the run's manifest."""
 
     @field_validator("train", "eval", mode="before")
     @classmethod

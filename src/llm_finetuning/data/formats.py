@@ -1,28 +1,71 @@
-"""Map a raw row of each supported format onto the canonical record: a list of chat messages.
+"""Map a raw row of each supported format onto one of the canonical records (TRL's standard shapes).
 
-Every format ends up as `[{"role": ..., "content": ...}, ...]` with at least one assistant message, so one
-tokenization path (the chat template and the loss mask) serves them all.
+Record kinds and their fields (messages are `{"role", "content"}` dicts; roles system/user/assistant/tool):
+- `messages`:    {"messages": [...]}: a conversation to learn the assistant turns of (SFT).
+                 Formats: messages (OpenAI), alpaca, sharegpt, prompt_completion.
+- `preference`:  {"prompt": [...], "chosen": [...], "rejected": [...]}: chosen/rejected are the assistant
+                 turn(s) after the shared prompt (DPO, ORPO, reward models).
+- `unpaired`:    {"prompt": [...], "completion": [...], "label": bool}: one judged completion (KTO).
+- `prompt_only`: {"prompt": [...], **extra columns}: prompts to generate from (GRPO, PPO); the extra columns
+                 (e.g. a reference answer) are kept for the rewards.
+- `text`:        {"text": str}: raw documents (continual pretraining).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
-Message = dict[str, str]
-ROLES = ("system", "user", "assistant")
+Message = dict[str, Any]
+Record = dict[str, Any]
+ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT speaker names -> roles. `function_call` is the assistant calling a tool (trained like any assistant
+# turn), `observation` is the tool's answer (context, not trained).
+SPEAKERS = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "chatgpt": "assistant",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+    "function": "tool",
+}
+FORMAT_KIND = {
+    "messages": "messages",
+    "alpaca": "messages",
+    "sharegpt": "messages",
+    "prompt_completion": "messages",
+    "preference": "preference",
+    "unpaired": "unpaired",
+    "prompt_only": "prompt_only",
+    "text": "text",
+}
 
 
 class RowError(ValueError):
     """A row does not fit its format; the message names the field."""
 
 
+def _column(columns: dict[str, str], name: str) -> str:
+    return columns.get(name, name)
+
+
 def _field(row: dict[str, Any], columns: dict[str, str], name: str, required: bool = True) -> Any:
-    column = columns.get(name, name)
+    column = _column(columns, name)
     if column not in row or row[column] is None:
         if required:
             mapped = f" (mapped from `{name}`)" if column != name else ""
-            raise RowError(f"field `{column}`{mapped} is missing; set `columns: {{{name}: <your column>}}`")
+            present = ", ".join(sorted(map(str, row))[:12])
+            raise RowError(
+                f"field `{column}`{mapped} is missing (the row has: {present}); "
+                f"set `columns: {{{name}: <your column>}}`"
+            )
         return None
     return row[column]
 
@@ -32,68 +75,220 @@ def _text(row: dict[str, Any], columns: dict[str, str], name: str, required: boo
     if value is None:
         return None
     if not isinstance(value, str):
-        raise RowError(f"field `{columns.get(name, name)}` must be a string, got {type(value).__name__}")
+        raise RowError(f"field `{_column(columns, name)}` must be a string, got {type(value).__name__}")
     return value
 
 
-def from_messages(row: dict[str, Any], columns: dict[str, str]) -> list[Message]:
+def parse_message(value: Any, where: str) -> Message:
+    """One message given as {role, content} (OpenAI) or {from, value} (ShareGPT)."""
+    if not isinstance(value, dict):
+        raise RowError(f"field `{where}` must be an object with `role` and `content` (or `from` and `value`)")
+    if "role" in value:
+        role, content, origin = value["role"], value.get("content"), "role"
+    elif "from" in value:
+        origin = "from"
+        role = SPEAKERS.get(str(value["from"]).lower())
+        if role is None:
+            raise RowError(f"field `{where}.from` is `{value['from']}`; expected one of {', '.join(SPEAKERS)}")
+        content = value.get("value")
+    else:
+        raise RowError(f"field `{where}` must be an object with `role` and `content` (or `from` and `value`)")
+    if role not in ROLES:
+        raise RowError(f"field `{where}.{origin}` is `{role}`; expected one of {', '.join(ROLES)}")
+    if value.get("tool_calls"):
+        raise RowError(
+            f"field `{where}` has structured `tool_calls`, which this version does not train on; "
+            "drop such rows (data.on_error: skip) or give the call as the message text"
+        )
+    if not isinstance(content, str):
+        raise RowError(f"field `{where}` content must be a string, got {type(content).__name__}")
+    message: Message = {"role": role, "content": content}
+    if "weight" in value:  # OpenAI fine-tuning: weight 0 keeps an assistant turn out of the loss
+        if value["weight"] not in (0, 1):
+            raise RowError(f"field `{where}.weight` must be 0 or 1, got {value['weight']!r}")
+        message["weight"] = int(value["weight"])
+    return message
+
+
+def as_messages(value: Any, where: str, default_role: str) -> list[Message]:
+    """A string (one message of `default_role`), a message object, or a list of messages."""
+    if isinstance(value, str):
+        return [{"role": default_role, "content": value}]
+    if isinstance(value, dict):
+        return [parse_message(value, where)]
+    if isinstance(value, list) and value:
+        return [parse_message(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise RowError(f"field `{where}` must be text, a message, or a non-empty list of messages")
+
+
+# ------------------------------------------------------------------------------------------ messages
+def from_messages(row: dict[str, Any], columns: dict[str, str]) -> Record:
+    field = _column(columns, "messages")
     value = _field(row, columns, "messages")
-    field = columns.get("messages", "messages")
     if not isinstance(value, list) or not value:
         raise RowError(f"field `{field}` must be a non-empty list of {{role, content}} objects")
-    messages = []
-    for index, message in enumerate(value):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise RowError(f"field `{field}[{index}]` must be an object with `role` and `content`")
-        role, content = message["role"], message["content"]
-        if role not in ROLES:
-            raise RowError(f"field `{field}[{index}].role` is `{role}`; expected one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise RowError(f"field `{field}[{index}].content` must be a string")
-        messages.append({"role": role, "content": content})
-    return messages
+    return {"messages": [parse_message(m, f"{field}[{i}]") for i, m in enumerate(value)]}
 
 
-def from_alpaca(row: dict[str, Any], columns: dict[str, str]) -> list[Message]:
+def from_sharegpt(row: dict[str, Any], columns: dict[str, str]) -> Record:
+    field = _column(columns, "conversations")
+    value = _field(row, columns, "conversations")
+    if not isinstance(value, list) or not value:
+        raise RowError(f"field `{field}` must be a non-empty list of {{from, value}} objects")
+    messages = [parse_message(m, f"{field}[{i}]") for i, m in enumerate(value)]
+    system = _text(row, columns, "system", required=False)
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    return {"messages": messages}
+
+
+def from_alpaca(row: dict[str, Any], columns: dict[str, str]) -> Record:
     instruction = _text(row, columns, "instruction")
     extra = _text(row, columns, "input", required=False)
     output = _text(row, columns, "output")
     system = _text(row, columns, "system", required=False)
+    history = _field(row, columns, "history", required=False) or []
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
+    if not isinstance(history, list):
+        raise RowError(f"field `{_column(columns, 'history')}` must be a list of [instruction, response] pairs")
+    for index, pair in enumerate(history):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise RowError(f"field `{_column(columns, 'history')}[{index}]` must be an [instruction, response] pair")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     prompt = f"{instruction}\n\n{extra}" if extra else instruction
-    messages = [{"role": "system", "content": system}] if system else []
-    return [*messages, {"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return {"messages": [*messages, {"role": "user", "content": prompt}, {"role": "assistant", "content": output}]}
 
 
-def from_prompt_completion(row: dict[str, Any], columns: dict[str, str]) -> list[Message]:
-    prompt = _text(row, columns, "prompt")
-    completion = _text(row, columns, "completion")
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+def from_prompt_completion(row: dict[str, Any], columns: dict[str, str]) -> Record:
+    prompt = as_messages(_field(row, columns, "prompt"), _column(columns, "prompt"), "user")
+    completion = as_messages(_field(row, columns, "completion"), _column(columns, "completion"), "assistant")
+    return {"messages": prompt + completion}
 
 
-def text_field(row: dict[str, Any], columns: dict[str, str]) -> str:
-    """The document of a `text` row."""
+# ---------------------------------------------------------------------------------------- preference
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def parse_transcript(text: str, where: str) -> list[Message]:
+    """An HH-RLHF style transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") as messages."""
+    parts = HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise RowError(f"field `{where}` is not a `\\n\\nHuman: ... \\n\\nAssistant: ...` transcript")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[speaker], "content": body} for speaker, body in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def _side(value: Any, where: str) -> list[Message]:
+    if isinstance(value, str) and HH_TURN.match(value):
+        return parse_transcript(value, where)
+    return as_messages(value, where, "assistant")
+
+
+def split_shared_prefix(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message], ...]:
+    """Implicit prompt: the longest common prefix of two conversations, before their last assistant turn."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def from_preference(row: dict[str, Any], columns: dict[str, str]) -> Record:
+    chosen = _side(_field(row, columns, "chosen"), _column(columns, "chosen"))
+    rejected = _side(_field(row, columns, "rejected"), _column(columns, "rejected"))
+    raw_prompt = _field(row, columns, "prompt", required=False)
+    if raw_prompt is None:
+        prompt, chosen, rejected = split_shared_prefix(chosen, rejected)
+        if not prompt:
+            raise RowError("chosen and rejected share no prompt; give a `prompt` column")
+    else:
+        prompt = as_messages(raw_prompt, _column(columns, "prompt"), "user")
+    for name, side in (("chosen", chosen), ("rejected", rejected)):
+        if not side or side[-1]["role"] != "assistant":
+            raise RowError(f"field `{_column(columns, name)}` must end with an assistant response")
+        if not side[-1]["content"].strip():
+            raise RowError(f"field `{_column(columns, name)}` has an empty response")
+    if chosen == rejected:
+        raise RowError("chosen and rejected are identical, so there is no preference to learn")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def as_label(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise RowError(f"field `{where}` must be a boolean (true/false), got {value!r}")
+
+
+def from_unpaired(row: dict[str, Any], columns: dict[str, str]) -> Record:
+    label = as_label(_field(row, columns, "label"), _column(columns, "label"))
+    if _column(columns, "prompt") not in row and _column(columns, "messages") in row:
+        messages = from_messages(row, columns)["messages"]  # LLaMA-Factory: a conversation + a label
+        prompt, completion = messages[:-1], messages[-1:]
+    else:
+        prompt = as_messages(_field(row, columns, "prompt"), _column(columns, "prompt"), "user")
+        completion = as_messages(_field(row, columns, "completion"), _column(columns, "completion"), "assistant")
+    if not prompt or completion[-1]["role"] != "assistant" or not completion[-1]["content"].strip():
+        raise RowError("an unpaired example needs a prompt and a non-empty assistant completion")
+    return {"prompt": prompt, "completion": completion, "label": label}
+
+
+def from_prompt_only(row: dict[str, Any], columns: dict[str, str]) -> Record:
+    column = _column(columns, "prompt")
+    prompt = as_messages(_field(row, columns, "prompt"), column, "user")
+    extra = {key: value for key, value in row.items() if key != column}
+    return {**extra, "prompt": prompt}
+
+
+def from_text(row: dict[str, Any], columns: dict[str, str]) -> Record:
     text = _text(row, columns, "text")
     if not text.strip():
-        raise RowError(f"field `{columns.get('text', 'text')}` is empty")
-    return text
+        raise RowError(f"field `{_column(columns, 'text')}` is empty")
+    return {"text": text}
 
 
-FORMATS: dict[str, Callable[[dict[str, Any], dict[str, str]], list[Message]]] = {
+FORMATS: dict[str, Callable[[dict[str, Any], dict[str, str]], Record]] = {
     "messages": from_messages,
+    "sharegpt": from_sharegpt,
     "alpaca": from_alpaca,
     "prompt_completion": from_prompt_completion,
+    "preference": from_preference,
+    "unpaired": from_unpaired,
+    "prompt_only": from_prompt_only,
+    "text": from_text,
 }
+
+
+def to_record(row: dict[str, Any], fmt: str, columns: dict[str, str], system_prompt: str | None = None) -> Record:
+    """The canonical record of a row; raises `RowError` naming the offending field."""
+    record = FORMATS[fmt](row, columns)
+    conversation = record.get("messages") or record.get("prompt")
+    if FORMAT_KIND[fmt] == "messages":
+        _check_conversation(record["messages"])
+    if system_prompt and isinstance(conversation, list) and conversation[0]["role"] != "system":
+        conversation.insert(0, {"role": "system", "content": system_prompt})
+    return record
+
+
+def _check_conversation(messages: list[Message]) -> None:
+    trained = [m for m in messages if m["role"] == "assistant" and m.get("weight", 1)]
+    if not trained:
+        raise RowError("the conversation has no assistant message to learn from")
+    if any(not m["content"].strip() for m in trained):
+        raise RowError("an assistant message is empty")
 
 
 def to_messages(
     row: dict[str, Any], fmt: str, columns: dict[str, str], system_prompt: str | None = None
 ) -> list[Message]:
-    """The canonical messages of a row; raises `RowError` naming the offending field."""
-    messages = FORMATS[fmt](row, columns)
-    if not any(m["role"] == "assistant" for m in messages):
-        raise RowError("the conversation has no assistant message, so there is nothing to learn from it")
-    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
-        raise RowError("an assistant message is empty")
-    if system_prompt and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    return messages
+    """The conversation of a row in a `messages`-kind format (SFT)."""
+    if FORMAT_KIND[fmt] != "messages":
+        raise RowError(f"format `{fmt}` gives {FORMAT_KIND[fmt]} records, not conversations")
+    return to_record(row, fmt, columns, system_prompt)["messages"]
+
+
+def text_field(row: dict[str, Any], columns: dict[str, str]) -> str:
+    """The document of a `text` row."""
+    return from_text(row, columns)["text"]

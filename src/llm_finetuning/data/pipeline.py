@@ -11,8 +11,8 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from llm_finetuning.config.schema import DataConfig, DataSource
-from llm_finetuning.data.formats import RowError, to_messages
-from llm_finetuning.data.reading import Row, file_fingerprint, read_rows
+from llm_finetuning.data.formats import FORMAT_KIND, Record, RowError, to_record
+from llm_finetuning.data.reading import Row, read_source, source_fingerprint
 from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, encode
 from llm_finetuning.errors import ConfigError, DataError
 
@@ -41,42 +41,53 @@ class PreparedData:
     stats: dict[str, SplitStats]
     fingerprints: dict[str, str]
 
-    def stats_dict(self) -> dict[str, Any]:
-        return {name: asdict(s) for name, s in self.stats.items()}
+    def stats_dict(self, examples: int = 5) -> dict[str, Any]:
+        """Per-split statistics, with only the first few dropped-row messages (all are in `dropped_rows()`)."""
+        out = {}
+        for name, split in self.stats.items():
+            out[name] = asdict(split)
+            out[name]["bad_rows"] = split.bad_rows[:examples]
+        return out
+
+    def dropped_rows(self) -> list[str]:
+        return [f"{name}: {message}" for name, split in self.stats.items() for message in split.bad_rows]
 
 
 def handle_bad_row(
-    exc: Exception, item: Row | DataError, source: DataSource, on_bad_row: str, stats: SplitStats
+    exc: Exception, item: Row | DataError | str, source: DataSource, on_error: str, stats: SplitStats
 ) -> None:
-    """Stop with the row's location and field, or count it (keeping the first few messages)."""
-    where = item.where if isinstance(item, Row) else ""
-    message = f"{where}: {exc}" if where else str(exc)
-    if on_bad_row == "error":
-        raise DataError(
-            f"{message}\n(format `{source.format}`; set `data.on_bad_row: skip` to drop such rows)"
-        ) from None
+    """Stop with the row's location and field, or count and record it: no row is dropped silently."""
+    where = item.where if isinstance(item, Row) else item if isinstance(item, str) else ""
+    message = f"{where}: {exc}" if where and not str(exc).startswith(where) else str(exc)
+    if on_error == "fail":
+        hint = f"(format `{source.format}`; set `data.on_error: skip` to drop and report such rows)"
+        raise DataError(f"{message}\n{hint}") from None
     stats.skipped_bad_rows += 1
-    if len(stats.bad_rows) < 20:
-        stats.bad_rows.append(message)
+    stats.bad_rows.append(message)
 
 
-def load_messages(source: DataSource, on_bad_row: str, stats: SplitStats) -> list[tuple[str, list]]:
-    """Read one source into (row location, messages) pairs, stopping or counting at bad rows."""
-    if source.format == "text":
+def load_records(source: DataSource, on_error: str, stats: SplitStats, kind: str) -> list[tuple[str, Record]]:
+    """Read one source into (row location, record) pairs of the given kind, stopping or counting at bad rows."""
+    if FORMAT_KIND[source.format] != kind:
         raise ConfigError(
-            f"data source {source.path}: `format: text` has no completion to learn; use it with "
-            "`method.name: pretrain`, or choose messages, alpaca or prompt_completion."
+            f"data source {source.label}: `format: {source.format}` gives {FORMAT_KIND[source.format]} records, "
+            f"but this method trains on {kind} records ({', '.join(f for f, k in FORMAT_KIND.items() if k == kind)})."
         )
     out = []
-    for item in read_rows(source.path, source.max_samples):
+    for item in read_source(source):
         stats.rows += 1
         try:
             if isinstance(item, DataError):
                 raise item
-            out.append((item.where, to_messages(item.data, source.format, source.columns, source.system_prompt)))
+            out.append((item.where, to_record(item.data, source.format, source.columns, source.system_prompt)))
         except (RowError, DataError) as exc:
-            handle_bad_row(exc, item, source, on_bad_row, stats)
+            handle_bad_row(exc, item, source, on_error, stats)
     return out
+
+
+def load_messages(source: DataSource, on_error: str, stats: SplitStats) -> list[tuple[str, list]]:
+    """Read one source into (row location, messages) pairs for SFT."""
+    return [(where, record["messages"]) for where, record in load_records(source, on_error, stats, "messages")]
 
 
 def split_eval(rows: list, fraction: float, seed: int, stats: dict[str, SplitStats]) -> tuple[list, list]:
@@ -94,7 +105,7 @@ def tokenize_rows(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     train_on_prompt: bool,
-    on_bad_row: str,
+    on_error: str,
     stats: SplitStats,
 ) -> Dataset:
     input_ids: list[list[int]] = []
@@ -103,9 +114,10 @@ def tokenize_rows(
         try:
             encoded: Encoded = encode(tokenizer, messages, train_on_prompt)
         except RowError as exc:
-            if on_bad_row == "error":
+            if on_error == "fail":
                 raise DataError(f"{where}: {exc}") from None
             stats.skipped_bad_rows += 1
+            stats.bad_rows.append(f"{where}: {exc}")
             continue
         ids, lab = encoded.input_ids, encoded.labels
         if len(ids) > max_length:
@@ -125,8 +137,8 @@ def tokenize_rows(
 def _read_split(sources: list[DataSource], config: DataConfig, stats: SplitStats, prints: dict[str, str]):
     rows = []
     for source in sources:
-        rows.extend(load_messages(source, config.on_bad_row, stats))
-        prints[source.path] = file_fingerprint(source.path)
+        rows.extend(load_messages(source, config.on_error, stats))
+        prints[source.label] = source_fingerprint(source)
     return rows
 
 
@@ -147,11 +159,11 @@ def prepare_data(
     if not train_rows:
         raise DataError("No usable training rows: every row was skipped as malformed. See the log for examples.")
 
-    train = tokenize_rows(train_rows, tokenizer, config.max_length, train_on_prompt, config.on_bad_row, stats["train"])
+    train = tokenize_rows(train_rows, tokenizer, config.max_length, train_on_prompt, config.on_error, stats["train"])
     evaluation = None
     if "eval" in stats:
         evaluation = tokenize_rows(
-            eval_rows, tokenizer, config.max_length, train_on_prompt, config.on_bad_row, stats["eval"]
+            eval_rows, tokenizer, config.max_length, train_on_prompt, config.on_error, stats["eval"]
         )
     for name, split in stats.items():
         _report(name, split, config.max_length)

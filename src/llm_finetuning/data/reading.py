@@ -1,66 +1,120 @@
-"""Read rows from local JSONL/JSON files, keeping where each row came from for error messages."""
+"""Read rows from local files and hub datasets, keeping where each row came from for error messages.
+
+A row that cannot be read (bad JSON, undecodable bytes, not an object) is yielded as a `DataError` naming its
+file and line, so the caller can stop or skip-and-count; a file that cannot be read at all raises.
+"""
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from llm_finetuning.config.schema import DataSource
 from llm_finetuning.errors import DataError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One record and its position: `where` reads like `data.jsonl:12` (JSONL) or `data.json:row 12` (JSON)."""
+    """One record and its position: `where` reads like `data.jsonl:12` (a line) or `data.json:row 12`."""
 
     data: dict[str, Any]
     where: str
 
 
+def read_source(source: DataSource) -> Iterator[Row | DataError]:
+    if source.hub is not None:
+        yield from read_hub(source)
+    else:
+        yield from read_rows(source.path, source.max_samples)
+
+
 def read_rows(path: str | Path, max_rows: int | None = None) -> Iterator[Row | DataError]:
-    """Yield each row of a `.jsonl` or `.json` file; a row that cannot be parsed is yielded as a `DataError`."""
+    """Yield each row of a local `.jsonl`, `.json`, `.csv` or `.parquet` file (optionally `.gz`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Data file not found: {path}. Check `data.*.path` (relative to the YAML file).")
-    if path.suffix == ".jsonl" or _looks_like_jsonl(path):
-        yield from _read_jsonl(path, max_rows)
+    kind = _kind(path)
+    if kind == ".parquet":
+        rows = _read_parquet(path)
     else:
-        yield from _read_json(path, max_rows)
+        with _open_bytes(path) as raw:
+            data = raw.read()
+        if not data.strip():
+            raise DataError(f"{path}: the file is empty")
+        reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}[kind]
+        rows = reader(path, data)
+    for count, row in enumerate(rows):
+        if max_rows is not None and count >= max_rows:
+            return
+        yield row
+
+
+def _kind(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    kind = suffixes[-1] if suffixes else ""
+    if kind == ".json" and _looks_like_jsonl(path):
+        return ".jsonl"
+    if kind not in SUFFIXES:
+        raise DataError(f"{path}: unknown file type `{kind or path.name}`; use one of {', '.join(SUFFIXES)} (+ .gz)")
+    return kind
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
 
 
 def _looks_like_jsonl(path: Path) -> bool:
-    with path.open("rb") as handle:
-        head = handle.read(64).lstrip()
-    return head.startswith(b"{")
+    """A `.json` file holding one object per line (common in the wild)."""
+    with _open_bytes(path) as handle:
+        head = handle.read(4096).lstrip()
+    first_line = head.split(b"\n", 1)[0].strip()
+    return head.startswith(b"{") and first_line.endswith(b"}")
 
 
-def _read_jsonl(path: Path, max_rows: int | None) -> Iterator[Row | DataError]:
-    count = 0
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if max_rows is not None and count >= max_rows:
-                return
-            count += 1
-            where = f"{path}:{line_no}"
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            if not isinstance(value, dict):
-                yield DataError(f"{where}: expected a JSON object, got {type(value).__name__}")
-                continue
-            yield Row(value, where)
+def _decode_lines(path: Path, data: bytes) -> Iterator[tuple[int, str | DataError]]:
+    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            yield line_no, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield line_no, DataError(f"{path}:{line_no}: not valid UTF-8 (byte {exc.start + 1} of the line)")
 
 
-def _read_json(path: Path, max_rows: int | None) -> Iterator[Row | DataError]:
+def _read_jsonl(path: Path, data: bytes) -> Iterator[Row | DataError]:
+    for line_no, line in _decode_lines(path, data):
+        if isinstance(line, DataError):
+            yield line
+            continue
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(value, dict):
+            yield DataError(f"{where}: expected a JSON object, got {type(value).__name__}")
+            continue
+        yield Row(value, where)
+
+
+def _read_json(path: Path, data: bytes) -> Iterator[Row | DataError]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); expected a list of objects") from None
     if isinstance(value, dict):
@@ -68,12 +122,60 @@ def _read_json(path: Path, max_rows: int | None) -> Iterator[Row | DataError]:
         value = [{"id": key, **row} if isinstance(row, dict) else row for key, row in value.items()]
     if not isinstance(value, list):
         raise DataError(f"{path}: expected a list of objects at the top level")
-    for index, item in enumerate(value[:max_rows] if max_rows else value, start=1):
+    for index, item in enumerate(value, start=1):
         where = f"{path}:row {index}"
         if not isinstance(item, dict):
             yield DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
             continue
         yield Row(item, where)
+
+
+def _read_csv(path: Path, data: bytes) -> Iterator[Row | DataError]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise DataError(f"{path}: no header row")
+    start = reader.line_num + 1
+    for row in reader:
+        where = f"{path}:{start}"
+        start = reader.line_num + 1
+        if None in row:  # more cells than header columns
+            yield DataError(
+                f"{where}: {len(row[None]) + len(reader.fieldnames)} cells for {len(reader.fieldnames)} columns"
+            )
+            continue
+        yield Row(dict(row), where)
+
+
+def _read_parquet(path: Path) -> Iterator[Row | DataError]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise DataError(f"{path}: not a readable parquet file ({exc})") from None
+    for index, row in enumerate(table.to_pylist(), start=1):
+        yield Row(row, f"{path}:row {index}")
+
+
+def read_hub(source: DataSource) -> Iterator[Row | DataError]:
+    """Rows of a hub dataset (or a local directory in hub layout) through `datasets.load_dataset`."""
+    from datasets import load_dataset
+
+    split = source.hub_split if source.max_samples is None else f"{source.hub_split}[:{source.max_samples}]"
+    try:
+        dataset = load_dataset(source.hub, source.subset, split=split, revision=source.revision)
+    except Exception as exc:  # datasets raises many types (missing, offline, bad config)
+        raise DataError(
+            f"Could not load hub dataset `{source.label}` (data.*.hub/subset/split): {exc}\n"
+            "Check the id, subset and split, or give a local directory in hub layout."
+        ) from None
+    for index, row in enumerate(dataset, start=1):
+        yield Row(dict(row), f"{source.label}:row {index}")
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -83,3 +185,13 @@ def file_fingerprint(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def source_fingerprint(source: DataSource) -> str:
+    """The file's sha256, or for a hub dataset its datasets fingerprint (content + processing)."""
+    if source.path is not None:
+        return file_fingerprint(source.path)
+    from datasets import load_dataset
+
+    dataset = load_dataset(source.hub, source.subset, split=source.hub_split, revision=source.revision)
+    return str(dataset._fingerprint)

@@ -8,30 +8,15 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from llm_finetuning.config.schema import DataConfig, DataSource
-from llm_finetuning.data.formats import RowError, text_field
-from llm_finetuning.data.pipeline import PreparedData, SplitStats, handle_bad_row, split_eval
-from llm_finetuning.data.reading import file_fingerprint, read_rows
-from llm_finetuning.errors import ConfigError, DataError
+from llm_finetuning.data.pipeline import PreparedData, SplitStats, load_records, split_eval
+from llm_finetuning.data.reading import source_fingerprint
+from llm_finetuning.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 
-def read_documents(source: DataSource, on_bad_row: str, stats: SplitStats) -> list[tuple[str, str]]:
-    if source.format != "text":
-        raise ConfigError(
-            f"data source {source.path}: `format: {source.format}` cannot be used with `method.name: pretrain`; "
-            "continual pretraining reads raw documents (`format: text`)."
-        )
-    documents = []
-    for item in read_rows(source.path, source.max_samples):
-        stats.rows += 1
-        try:
-            if isinstance(item, DataError):
-                raise item
-            documents.append((item.where, text_field(item.data, source.columns)))
-        except (RowError, DataError) as exc:
-            handle_bad_row(exc, item, source, on_bad_row, stats)
-    return documents
+def read_documents(source: DataSource, on_error: str, stats: SplitStats) -> list[tuple[str, str]]:
+    return [(where, record["text"]) for where, record in load_records(source, on_error, stats, "text")]
 
 
 def to_blocks(
@@ -56,14 +41,14 @@ def prepare_text(config: DataConfig, tokenizer: PreTrainedTokenizerBase, add_eos
     prints: dict[str, str] = {}
     documents = []
     for source in config.train:
-        documents.extend(read_documents(source, config.on_bad_row, stats["train"]))
-        prints[source.path] = file_fingerprint(source.path)
+        documents.extend(read_documents(source, config.on_error, stats["train"]))
+        prints[source.label] = source_fingerprint(source)
     eval_documents: list[tuple[str, str]] = []
     if config.eval:
         stats["eval"] = SplitStats()
         for source in config.eval:
-            eval_documents.extend(read_documents(source, config.on_bad_row, stats["eval"]))
-            prints[source.path] = file_fingerprint(source.path)
+            eval_documents.extend(read_documents(source, config.on_error, stats["eval"]))
+            prints[source.label] = source_fingerprint(source)
     elif config.eval_split:
         stats["eval"] = SplitStats()
         documents, eval_documents = split_eval(documents, config.eval_split, seed, stats)

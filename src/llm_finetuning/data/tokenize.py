@@ -39,11 +39,13 @@ def completion_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
     eos = tokenizer.eos_token
     if not eos:
         raise RowError("the tokenizer has no EOS token; set one so the model can learn to stop")
+    trained = [m["role"] == "assistant" and m.get("weight", 1) == 1 for m in messages]
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]  # templates see plain messages
     full = _render(tokenizer, messages, generation_prompt=False)
     spans: list[tuple[int, int]] = []
     inserts: list[int] = []  # where a missing EOS goes, in `full` coordinates
     for turn, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if not trained[turn]:  # user, system and tool turns, and assistant turns with weight 0
             continue
         before = _render(tokenizer, messages[:turn], generation_prompt=True) if turn else ""
         through = _render(tokenizer, messages[: turn + 1], generation_prompt=False)

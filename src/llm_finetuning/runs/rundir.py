@@ -61,6 +61,11 @@ class RunDir:
         return self.root / "base"
 
     @property
+    def dropped_rows(self) -> Path:
+        """Every row skipped with `data.on_error: skip`, one per line with its file, line and reason."""
+        return self.root / "dropped_rows.txt"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
