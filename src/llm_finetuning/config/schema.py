@@ -102,6 +102,11 @@ class ModelConfig(Section):
 class DataSource(Section):
     """One data source (a local file, or a hub dataset), its format and how its columns map to the format."""
 
+    dataset: str | None = None
+    """A named dataset of the collection (`gsm8k`, `arc`, `medqa`...: `llmft data datasets` lists them). It knows
+    its hub id, split and row mapping; with `path` it reads a local file of the same layout instead."""
+    allow_test_split: bool = False
+    """Allow training on a named dataset's test split (refused by default, to keep evaluations honest)."""
     path: str | None = None
     """Local file: `.jsonl`, `.json` (a list of objects), `.csv`, `.parquet`, each optionally gzipped (`.gz`).
     Relative paths are relative to the YAML file that sets them."""
@@ -129,8 +134,16 @@ class DataSource(Section):
 
     @model_validator(mode="after")
     def _one_origin(self) -> DataSource:
+        if self.dataset is not None:
+            if self.hub is not None:
+                raise conflict("dataset", "hub", " (a named dataset knows its hub id)")
+            if "format" in self.model_fields_set or self.columns:
+                raise ValueError("a named `dataset` maps its own rows; remove `format` and `columns`")
+            return self
         if (self.path is None) == (self.hub is None):
-            raise ValueError("a data source needs exactly one of `path` (a local file) or `hub` (a hub dataset)")
+            raise ValueError(
+                "a data source needs exactly one of `path` (a local file), `hub` (a hub dataset) or `dataset`"
+            )
         if self.path is not None and (self.subset is not None or self.split is not None):
             raise ValueError("`subset` and `split` apply to `hub` datasets, not to a local `path`")
         return self
@@ -139,7 +152,9 @@ class DataSource(Section):
     def label(self) -> str:
         """How messages and the manifest name this source."""
         if self.path is not None:
-            return self.path
+            return f"{self.dataset}:{self.path}" if self.dataset else self.path
+        if self.dataset is not None:
+            return f"{self.dataset}[{self.hub_split}]"
         return f"{self.hub}{f'/{self.subset}' if self.subset else ''}[{self.hub_split}]"
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import random
 from dataclasses import asdict, dataclass, field
@@ -12,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llm_finetuning.config.schema import DataConfig, DataSource
 from llm_finetuning.data.formats import FORMAT_KIND, Record, RowError, to_record
-from llm_finetuning.data.reading import Row, read_source, source_fingerprint
+from llm_finetuning.data.reading import Row, read_rows, read_source, source_fingerprint
 from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, encode
 from llm_finetuning.errors import ConfigError, DataError
 
@@ -68,6 +69,8 @@ def handle_bad_row(
 
 def load_records(source: DataSource, on_error: str, stats: SplitStats, kind: str) -> list[tuple[str, Record]]:
     """Read one source into (row location, record) pairs of the given kind, stopping or counting at bad rows."""
+    if source.dataset is not None:
+        return load_named(source, on_error, stats, kind)
     if FORMAT_KIND[source.format] != kind:
         raise ConfigError(
             f"data source {source.label}: `format: {source.format}` gives {FORMAT_KIND[source.format]} records, "
@@ -80,6 +83,52 @@ def load_records(source: DataSource, on_error: str, stats: SplitStats, kind: str
             if isinstance(item, DataError):
                 raise item
             out.append((item.where, to_record(item.data, source.format, source.columns, source.system_prompt)))
+        except (RowError, DataError) as exc:
+            handle_bad_row(exc, item, source, on_error, stats)
+    return out
+
+
+def load_named(source: DataSource, on_error: str, stats: SplitStats, kind: str) -> list[tuple[str, Record]]:
+    """Rows of a named dataset (its hub copy, or a local file of the same layout) through its own mapping."""
+    from llm_finetuning.data.datasets import registry
+
+    datasets = registry()
+    named = datasets.get(source.dataset)
+    if named is None:
+        close = difflib.get_close_matches(source.dataset, list(datasets), n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise ConfigError(
+            f"data source: unknown dataset `{source.dataset}`.{hint} Known: {', '.join(sorted(datasets))}"
+        )
+    convert = named.converters.get(kind)
+    if convert is None:
+        raise ConfigError(
+            f"data source: dataset `{named.name}` gives {', '.join(named.converters)} records, but this method trains "
+            f"on {kind} records."
+        )
+    split = named.splits.get(source.split or "train", source.split or "train")
+    if source.path is None and split in named.test_splits and not source.allow_test_split:
+        raise ConfigError(
+            f"data source: `{named.name}` split `{split}` is its test split; training on it would spoil evaluation. "
+            "Choose another split, or set `allow_test_split: true` if you mean it."
+        )
+    rows = (
+        read_rows(source.path, source.max_samples)
+        if source.path is not None
+        else read_source(source.model_copy(update={"hub": named.hub_id, "subset": named.subset, "split": split}))
+    )
+    out = []
+    for item in rows:
+        stats.rows += 1
+        try:
+            if isinstance(item, DataError):
+                raise item
+            record = convert(item.data)
+            if source.system_prompt and isinstance(record.get("messages") or record.get("prompt"), list):
+                conversation = record.get("messages") or record["prompt"]
+                if conversation[0]["role"] != "system":
+                    conversation.insert(0, {"role": "system", "content": source.system_prompt})
+            out.append((item.where, record))
         except (RowError, DataError) as exc:
             handle_bad_row(exc, item, source, on_error, stats)
     return out

@@ -191,6 +191,12 @@ def source_fingerprint(source: DataSource) -> str:
     """The file's sha256, or for a hub dataset its datasets fingerprint (content + processing)."""
     if source.path is not None:
         return file_fingerprint(source.path)
+    if source.dataset is not None:
+        from llm_finetuning.data.datasets import registry
+
+        named = registry()[source.dataset]
+        split = named.splits.get(source.split or "train", source.split or "train")
+        source = source.model_copy(update={"hub": named.hub_id, "subset": named.subset, "split": split})
     from datasets import load_dataset
 
     dataset = load_dataset(source.hub, source.subset, split=source.hub_split, revision=source.revision)
