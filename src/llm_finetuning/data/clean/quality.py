@@ -67,7 +67,7 @@ def quality_problem(text: str, config: QualityConfig) -> str | None:
         if bound is not None:
             value = measure(text)
             if value > bound:
-                return f"{name} {value:.3g} > {bound:g}"
+                return f"{name} {value:.4g} > {bound:g}"
     return None
 
 

@@ -1,0 +1,136 @@
+"""`llmft data`: inspect, convert and list datasets."""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from llm_finetuning.cli.common import console, user_errors
+
+app = typer.Typer(help="Inspect, convert and clean data.", no_args_is_help=True)
+
+
+def _columns(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--column {item}: expected FIELD=COLUMN")
+        out[key] = value
+    return out
+
+
+@app.command("inspect")
+@user_errors
+def inspect(
+    target: str = typer.Argument(..., help="A data file, a named dataset, or a hub dataset id."),
+    fmt: str = typer.Option(None, "--format", help="Row format; detected from the columns when omitted."),
+    column: list[str] = typer.Option(None, "--column", help="Column mapping FIELD=COLUMN (repeatable)."),
+    tokenizer: str = typer.Option("builtin", help="Tokenizer directory or hub id for lengths and the mask preview."),
+    chat_template: str = typer.Option(None, help="Built-in template name or Jinja string if the tokenizer has none."),
+    max_rows: int = typer.Option(None, help="Read only the first N rows."),
+) -> None:
+    """Detected format, row counts, token-length histogram, and an example with its trained tokens highlighted."""
+    from llm_finetuning.config.schema import ModelConfig
+    from llm_finetuning.data.inspect import histogram, inspect_source, source_for
+    from llm_finetuning.models.loading import load_tokenizer, prepare_tokenizer
+
+    source = source_for(target, fmt, _columns(column))
+    tok = load_tokenizer(ModelConfig(name="tiny", tokenizer=tokenizer))
+    prepare_tokenizer(tok, chat_template)
+    report = inspect_source(source, tok, max_rows)
+    stats = report.stats
+    console.print(
+        f"[bold]{escape(source.label)}[/]: format [bold]{report.format}[/] ({report.kind} records)", soft_wrap=True
+    )
+    console.print(f"rows: {stats.rows}   usable: {stats.rows - stats.skipped_bad_rows}   bad: {stats.skipped_bad_rows}")
+    for message in stats.bad_rows[:5]:
+        console.print(f"  [red]bad[/] {escape(message)}", soft_wrap=True)
+    if report.lengths:
+        table = Table(title=f"tokens per example ({tokenizer})", header_style="bold")
+        for name in ("tokens", "examples", ""):
+            table.add_column(name)
+        buckets = histogram(report.lengths)
+        peak = max(count for _, _, count in buckets) or 1
+        for low, high, count in buckets:
+            table.add_row(f"{low}-{high}", str(count), "#" * round(30 * count / peak))
+        console.print(table)
+        mean_trained = sum(report.trained_tokens) / len(report.trained_tokens)
+        console.print(
+            f"max {max(report.lengths)} tokens, mean {sum(report.lengths) / len(report.lengths):.0f}; "
+            f"mean trained (loss) tokens {mean_trained:.0f}"
+        )
+    if report.example is not None:
+        console.print("\nexample ([green]green[/] tokens carry loss):")
+        text = Text()
+        # Decode runs of equally-masked tokens together, so multi-byte characters stay whole.
+        run: list[int] = []
+        trained = None
+        for token, label in [*zip(report.example.input_ids, report.example.labels, strict=True), (None, None)]:
+            is_trained = label is not None and label != -100
+            if run and (token is None or is_trained != trained):
+                text.append(tok.decode(run), style="bold green" if trained else "dim")
+                run = []
+            run.append(token)
+            trained = is_trained
+        console.print(text)
+
+
+@app.command("convert")
+@user_errors
+def convert(
+    source_path: str = typer.Argument(..., help="Input file."),
+    output: str = typer.Argument(..., help="Output file (.jsonl, .json, .csv, .parquet; .gz compresses)."),
+    to: str = typer.Option(..., "--to", help="Output format."),
+    fmt: str = typer.Option(None, "--format", help="Input format; detected when omitted."),
+    column: list[str] = typer.Option(None, "--column", help="Input column mapping FIELD=COLUMN (repeatable)."),
+    skip_bad_rows: bool = typer.Option(False, help="Skip rows that cannot be converted (they are listed)."),
+) -> None:
+    """Convert a data file between formats of the same kind (e.g. sharegpt -> messages)."""
+    from pathlib import Path
+
+    from llm_finetuning.data.convert import check_convertible, from_record, write_rows
+    from llm_finetuning.data.formats import FORMAT_KIND, RowError
+    from llm_finetuning.data.inspect import source_for
+    from llm_finetuning.data.pipeline import SplitStats, load_records
+    from llm_finetuning.errors import DataError
+
+    if to not in FORMAT_KIND:
+        raise DataError(f"--to {to}: unknown format; choose one of {', '.join(FORMAT_KIND)}")
+    source = source_for(source_path, fmt, _columns(column))
+    check_convertible(source.format, to)
+    stats = SplitStats()
+    records = load_records(source, "skip" if skip_bad_rows else "fail", stats, FORMAT_KIND[source.format])
+    rows = []
+    for where, record in records:
+        try:
+            rows.append(from_record(record, to))
+        except RowError as exc:
+            if not skip_bad_rows:
+                raise DataError(f"{where}: {exc} (pass --skip-bad-rows to skip such rows)") from None
+            stats.skipped_bad_rows += 1
+            stats.bad_rows.append(f"{where}: {exc}")
+    write_rows(rows, Path(output))
+    console.print(
+        f"wrote {len(rows)} rows ({source.format} -> {to}) to {output}; skipped {stats.skipped_bad_rows}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    for message in stats.bad_rows:
+        console.print(f"  skipped {escape(message)}", soft_wrap=True)
+
+
+@app.command("datasets")
+def datasets() -> None:
+    """The named datasets of the collection: hub id, splits, record kinds."""
+    from llm_finetuning.data.datasets import registry
+
+    table = Table(header_style="bold")
+    for name in ("name", "hub id", "subset", "splits", "records", "description"):
+        table.add_column(name, overflow="fold")
+    for name, item in sorted(registry().items()):
+        splits = ", ".join(f"{k}={v}" for k, v in item.splits.items())
+        table.add_row(name, item.hub_id, item.subset or "", splits, ", ".join(item.converters), item.description)
+    console.print(table)
