@@ -133,3 +133,11 @@ def test_template_that_rewrites_the_answer_is_a_row_error():
     prepare_tokenizer(tokenizer, "{% for m in messages %}{{ m.content | upper }}{% endfor %}")
     with pytest.raises(RowError, match="changes the assistant's text"):
         encode(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+
+
+@pytest.mark.parametrize("name", ["builtin", "qwen2", "mistral-7b-v0.3"])
+def test_fast_path_ids_equal_the_tokenizers_own(name):
+    tokenizer = load(name)
+    messages = CONVERSATION[1:] if name == "mistral-7b-v0.3" else CONVERSATION
+    encoded = encode(tokenizer, messages)
+    assert encoded.input_ids == tokenizer(encoded.text, add_special_tokens=False)["input_ids"]

@@ -48,7 +48,8 @@ def completion_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
         if not trained[turn]:  # user, system and tool turns, and assistant turns with weight 0
             continue
         before = _render(tokenizer, messages[:turn], generation_prompt=True) if turn else ""
-        through = _render(tokenizer, messages[: turn + 1], generation_prompt=False)
+        last = turn == len(messages) - 1
+        through = full if last else _render(tokenizer, messages[: turn + 1], generation_prompt=False)
         if not through.startswith(before) or not full.startswith(through):
             raise RowError(
                 "the chat template does not render conversations incrementally (a turn changes the text before "
@@ -76,17 +77,27 @@ def completion_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
     return full, spans
 
 
+def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets, without special tokens (chat templates add BOS where it belongs)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "split_special_tokens", False):
+        # The Rust tokenizer directly: the same ids as `tokenizer(...)`, without the per-call Python overhead
+        # that costs a third of the time on short examples.
+        encoding = backend.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return encoding["input_ids"], encoding["offset_mapping"]
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, messages: list[Message], train_on_prompt: bool = False) -> Encoded:
     """Tokenize a conversation; labels are the token ids inside completion spans and `IGNORE_INDEX` elsewhere."""
     text, spans = completion_spans(tokenizer, messages)
-    # Chat templates add BOS themselves where the model wants it.
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = encoding["input_ids"]
+    ids, offsets = _tokenize(tokenizer, text)
     if train_on_prompt:
         return Encoded(ids, list(ids), text)
     labels = [IGNORE_INDEX] * len(ids)
     span_index = 0
-    for position, (start, end) in enumerate(encoding["offset_mapping"]):
+    for position, (start, end) in enumerate(offsets):
         while span_index < len(spans) and spans[span_index][1] <= start:
             span_index += 1
         if span_index == len(spans):
