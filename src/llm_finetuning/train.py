@@ -83,6 +83,10 @@ def _train(
     data = method.prepare(config, tokenizer)
     if data.dropped_rows():
         run.dropped_rows.write_text("\n".join(data.dropped_rows()) + "\n", encoding="utf-8")
+    if data.clean_report is not None:
+        data.clean_report.write(run.root / "clean_report.json")
+        summary = {k: v for k, v in data.clean_report.to_dict().items() if k != "events"}
+        write_manifest(run, clean=summary)
     write_manifest(
         run,
         data={"fingerprints": data.fingerprints, "stats": data.stats_dict()},

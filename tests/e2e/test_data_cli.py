@@ -104,3 +104,40 @@ def test_detect_format():
     assert detect_format({"instruction": "", "input": "", "output": ""}) == "alpaca"
     assert detect_format({"prompt": "", "completion": "", "label": True}) == "unpaired"
     assert detect_format({"question": ""}) is None
+
+
+def test_data_clean_writes_cleaned_rows_and_a_report(tmp_path):
+    rows = [
+        {"prompt": "What is two plus two, exactly?", "completion": "It is four."},
+        {"prompt": "What is two plus two, exactly?", "completion": "It is four."},
+        {"prompt": "Call me", "completion": "My number is (415) 555-2671."},
+        {"prompt": "Name the capital city of France please", "completion": "Paris"},
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"question": "name the capital city of france"}) + "\n")
+    (tmp_path / "clean.yaml").write_text("clean:\n  decontaminate: {ngram: 4}\n")
+    result = cli(
+        "data",
+        "clean",
+        str(tmp_path / "in.jsonl"),
+        str(tmp_path / "out.jsonl"),
+        "--config",
+        str(tmp_path / "clean.yaml"),
+        "--against",
+        str(tmp_path / "eval.jsonl"),
+    )
+    assert result.exit_code == 0, result.output
+    kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert kept == [rows[0], {"prompt": "Call me", "completion": "My number is <PHONE>."}]
+    report = json.loads((tmp_path / "out.jsonl.report.json").read_text())
+    assert report["input"] == 4 and report["output"] == 2 and report["removed"] == 2
+    assert {e["where"].rsplit(":", 1)[1] for e in report["events"]} == {"2", "3", "4"}
+
+
+def test_data_clean_rejects_unknown_options(tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "a"}) + "\n")
+    (tmp_path / "clean.yaml").write_text("near_dedup: {treshold: 0.5}\n")
+    result = cli(
+        "data", "clean", str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl"), "--config", str(tmp_path / "clean.yaml")
+    )
+    assert result.exit_code == 2 and "treshold" in result.output

@@ -293,3 +293,29 @@ def test_skipped_rows_are_all_reported_in_the_run_directory(tmp_path, write_json
     )
     stats = json.loads((tmp_path / "run" / "manifest.json").read_text())["data"]["stats"]["train"]
     assert stats["skipped_bad_rows"] == 9 and len(stats["bad_rows"]) == 5 and stats["examples"] == len(qa_rows)
+
+
+def test_data_clean_runs_before_the_split_and_reports(tmp_path, write_jsonl, qa_rows):
+    rows = [*qa_rows[:10], qa_rows[0], {"prompt": "Mail me", "completion": "Write to ada@example.com today"}]
+    eval_rows = [{"prompt": "Spell golf", "completion": "G O L F"}]  # also a training row: contamination
+    data = write_jsonl(rows)
+    evaluation = write_jsonl(eval_rows, "eval.jsonl")
+    config = Config.model_validate(
+        tiny_config(
+            data,
+            tmp_path / "run",
+            data={
+                "eval": {"path": str(evaluation), "format": "prompt_completion"},
+                "clean": {"decontaminate": {"ngram": 3}, "near_dedup": {"enabled": False}},
+            },
+        )
+    )
+    train(config)
+    report = json.loads((tmp_path / "run" / "clean_report.json").read_text())
+    reasons = {event["where"].rsplit(":", 1)[1]: event["reason"] for event in report["events"]}
+    assert reasons["11"] == "exact duplicate of #0"
+    assert reasons["7"].startswith("shares")  # "Spell golf" is the eval item
+    assert reasons["12"] == "redacted 1 email"
+    assert report["input"] == 12 and report["output"] == 10
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["clean"]["removed"] == 2 and manifest["data"]["stats"]["train"]["examples"] == 10

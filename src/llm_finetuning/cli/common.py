@@ -27,6 +27,9 @@ def setup_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("llm_finetuning").setLevel(level)
+    # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional downloaded kernel is missing; the
+    # built-in kernel works, and the download is not possible offline anyway.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # Libraries below us are chatty at INFO; keep their warnings.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -134,3 +134,48 @@ def datasets() -> None:
         splits = ", ".join(f"{k}={v}" for k, v in item.splits.items())
         table.add_row(name, item.hub_id, item.subset or "", splits, ", ".join(item.converters), item.description)
     console.print(table)
+
+
+@app.command("clean")
+@user_errors
+def clean(
+    source_path: str = typer.Argument(..., help="Input file (any supported format and file type)."),
+    output: str = typer.Argument(..., help="Cleaned output file (.jsonl, .json, .csv, .parquet)."),
+    config: str = typer.Option(None, "--config", help="YAML file with the cleaning options (a `clean:` mapping)."),
+    against: list[str] = typer.Option(None, "--against", help="Eval file to decontaminate against (repeatable)."),
+    report: str = typer.Option(None, "--report", help="Where to write the JSON report (default: OUTPUT.report.json)."),
+) -> None:
+    """Deduplicate, filter, redact PII and decontaminate a data file; every removal and change is reported."""
+    from pathlib import Path
+
+    import yaml
+
+    from llm_finetuning.data.clean import CleanConfig, clean_records, default_text_of
+    from llm_finetuning.data.convert import write_rows
+    from llm_finetuning.data.reading import Row, read_rows
+    from llm_finetuning.errors import ConfigError, DataError
+
+    options: dict = {}
+    if config:
+        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        options = loaded.get("clean", loaded) if isinstance(loaded, dict) else {}
+    try:
+        clean_config = CleanConfig.model_validate(options)
+    except ValueError as exc:  # pydantic's ValidationError: name the file and the keys
+        raise ConfigError(f"{config}: invalid cleaning options:\n{exc}") from None
+    rows = []
+    for item in read_rows(source_path):
+        if isinstance(item, DataError):
+            raise item
+        rows.append({**item.data, "_where": item.where})
+    eval_texts = {}
+    for path in against or []:
+        for item in read_rows(path):
+            if isinstance(item, Row):
+                eval_texts[item.where] = default_text_of(item.data)
+    result = clean_records(rows, clean_config, eval_texts=eval_texts or None)
+    write_rows([{k: v for k, v in r.items() if k != "_where"} for r in result.records], Path(output))
+    report_path = Path(report or f"{output}.report.json")
+    result.report.write(report_path)
+    console.print(result.report.summary(), highlight=False)
+    console.print(f"wrote {len(result.records)} of {len(rows)} rows to {output}; report: {report_path}", soft_wrap=True)

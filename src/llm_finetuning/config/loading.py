@@ -150,7 +150,7 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     """Make file paths written in a YAML file relative to that file, so configs can move with their data."""
     section = data.get("data")
     if isinstance(section, dict):
-        for split in ("train", "eval"):
+        for split in ("train", "eval", "clean_against"):
             sources = section.get(split)
             for source in sources if isinstance(sources, list) else [sources]:
                 if isinstance(source, dict) and isinstance(source.get("path"), str):

@@ -25,6 +25,7 @@ from llm_finetuning.config.adapters import (  # noqa: F401  (re-exported: the sc
     PTuningAdapter,
 )
 from llm_finetuning.config.base import Section, conflict
+from llm_finetuning.data.clean.config import CleanConfig
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -181,11 +182,16 @@ class DataConfig(Section):
     chat_template: str | None = None
     """Prompt template: unset uses the tokenizer's chat template; a built-in name (`chatml`, `alpaca`) or a Jinja
     template string replaces it. A tokenizer without a template needs one of these."""
+    clean: CleanConfig | None = None
+    """Clean the training rows before training: exact and near-duplicate removal, quality filters, PII
+    redaction, decontamination against the eval data. Unset: no cleaning. The run writes `clean_report.json`."""
+    clean_against: list[DataSource] = Field(default_factory=list)
+    """Evaluation sets (any format) the training rows are decontaminated against, besides `data.eval`."""
     on_error: Literal["fail", "skip"] = "fail"
     """What a malformed row does: `fail` stops before training with its file, line and field; `skip` drops
     it, counts it, and reports every dropped row in the run's manifest."""
 
-    @field_validator("train", "eval", mode="before")
+    @field_validator("train", "eval", "clean_against", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         # A single source is the common case; accept it without the list brackets.

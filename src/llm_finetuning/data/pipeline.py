@@ -12,6 +12,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from llm_finetuning.config.schema import DataConfig, DataSource
+from llm_finetuning.data.cleaning import clean_rows
 from llm_finetuning.data.formats import FORMAT_KIND, Record, RowError, to_record
 from llm_finetuning.data.reading import Row, read_rows, read_source, source_fingerprint
 from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, encode
@@ -41,6 +42,7 @@ class PreparedData:
     eval: Dataset | None
     stats: dict[str, SplitStats]
     fingerprints: dict[str, str]
+    clean_report: Any = None
 
     def stats_dict(self, examples: int = 5) -> dict[str, Any]:
         """Per-split statistics, with only the first few dropped-row messages (all are in `dropped_rows()`)."""
@@ -202,7 +204,8 @@ def prepare_data(
     if config.eval:
         stats["eval"] = SplitStats()
         eval_rows = _read_split(config.eval, config, stats["eval"], prints)
-    elif config.eval_split:
+    train_rows, clean_report = clean_rows(train_rows, config, eval_rows, "messages")
+    if not config.eval and config.eval_split:
         stats["eval"] = SplitStats()
         train_rows, eval_rows = split_eval(train_rows, config.eval_split, seed, stats)
     if not train_rows:
@@ -221,7 +224,7 @@ def prepare_data(
             f"No training example is left after truncation to `data.max_length` ({config.max_length}): "
             "every completion was cut off. Raise `data.max_length`."
         )
-    return PreparedData(train, evaluation, stats, prints)
+    return PreparedData(train, evaluation, stats, prints, clean_report)
 
 
 def _report(name: str, stats: SplitStats, max_length: int) -> None:

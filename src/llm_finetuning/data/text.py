@@ -8,6 +8,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from llm_finetuning.config.schema import DataConfig, DataSource
+from llm_finetuning.data.cleaning import clean_rows
 from llm_finetuning.data.pipeline import PreparedData, SplitStats, load_records, split_eval
 from llm_finetuning.data.reading import source_fingerprint
 from llm_finetuning.errors import DataError
@@ -49,7 +50,8 @@ def prepare_text(config: DataConfig, tokenizer: PreTrainedTokenizerBase, add_eos
         for source in config.eval:
             eval_documents.extend(read_documents(source, config.on_error, stats["eval"]))
             prints[source.label] = source_fingerprint(source)
-    elif config.eval_split:
+    documents, clean_report = clean_rows(documents, config, eval_documents, "text")
+    if not config.eval and config.eval_split:
         stats["eval"] = SplitStats()
         documents, eval_documents = split_eval(documents, config.eval_split, seed, stats)
     train = to_blocks(documents, tokenizer, config.max_length, add_eos, stats["train"])
@@ -70,4 +72,4 @@ def prepare_text(config: DataConfig, tokenizer: PreTrainedTokenizerBase, add_eos
             config.max_length,
             split.dropped_tail_tokens,
         )
-    return PreparedData(train, evaluation, stats, prints)
+    return PreparedData(train, evaluation, stats, prints, clean_report)

@@ -80,18 +80,13 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) with bands * rows <= num_perm minimising the area of false positives (pairs below the
     threshold that become candidates) plus false negatives (pairs above it that do not). Candidates are
     verified against the signature afterwards, so misses weigh more than false candidates."""
-    grid = np.linspace(0.0, 1.0, 1001)
-    below, above = grid <= threshold, grid >= threshold
-    best, best_cost = (1, num_perm), float("inf")
-    for bands in range(1, num_perm + 1):
-        for rows in range(1, num_perm // bands + 1):
-            candidate = 1.0 - (1.0 - grid**rows) ** bands
-            false_pos = np.trapezoid(np.where(below, candidate, 0.0), grid)
-            false_neg = np.trapezoid(np.where(above, 1.0 - candidate, 0.0), grid)
-            cost = 0.25 * false_pos + 0.75 * false_neg
-            if cost < best_cost:
-                best, best_cost = (bands, rows), cost
-    return best
+    pairs = [(bands, rows) for bands in range(1, num_perm + 1) for rows in range(1, num_perm // bands + 1)]
+    bands, rows = (np.array(column, dtype=np.float64)[:, None] for column in zip(*pairs, strict=True))
+    grid = np.linspace(0.0, 1.0, 501)
+    candidate = 1.0 - (1.0 - grid**rows) ** bands  # [pairs, grid]: probability that a pair becomes a candidate
+    false_pos = np.trapezoid(np.where(grid <= threshold, candidate, 0.0), grid, axis=1)
+    false_neg = np.trapezoid(np.where(grid >= threshold, 1.0 - candidate, 0.0), grid, axis=1)
+    return pairs[int(np.argmin(0.25 * false_pos + 0.75 * false_neg))]
 
 
 def find_near_duplicates(signatures: np.ndarray, valid: np.ndarray, threshold: float) -> list[NearDuplicate]:
