@@ -73,7 +73,7 @@ def test_continual_pretraining_cuts_text_into_blocks_with_loss_everywhere(tmp_pa
 
 def test_pretrain_rejects_chat_formats(tmp_path, write_jsonl, qa_rows):
     config = Config.model_validate(tiny_config(write_jsonl(qa_rows), tmp_path / "run", method={"name": "pretrain"}))
-    with pytest.raises(ConfigError, match="cannot be used with `method.name: pretrain`"):
+    with pytest.raises(ConfigError, match="gives messages records, but this method trains on text records"):
         train(config)
 
 

@@ -228,3 +228,14 @@ def test_labels_cover_only_the_answer_on_real_alpaca():
         encoded = encode(tokenizer, record["messages"])
         trained = [t for t, lab in zip(encoded.input_ids, encoded.labels, strict=True) if lab != IGNORE_INDEX]
         assert tokenizer.decode(trained) == record["messages"][-1]["content"] + "<|im_end|>"
+
+
+def test_json_files_of_every_shape(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps(ROWS))
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "keyed.json").write_text(json.dumps({"7": ROWS[0], "9": ROWS[1]}))  # one line, keyed by id
+    (tmp_path / "one.json").write_text(json.dumps(ROWS[0]))
+    assert [r.data for r in read_rows(tmp_path / "list.json")] == ROWS
+    assert [r.data for r in read_rows(tmp_path / "lines.json")] == ROWS
+    assert [r.data for r in read_rows(tmp_path / "keyed.json")] == [{"id": "7", **ROWS[0]}, {"id": "9", **ROWS[1]}]
+    assert [r.data for r in read_rows(tmp_path / "one.json")] == [ROWS[0]]

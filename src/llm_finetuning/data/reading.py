@@ -63,8 +63,6 @@ def _kind(path: Path) -> str:
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
     kind = suffixes[-1] if suffixes else ""
-    if kind == ".json" and _looks_like_jsonl(path):
-        return ".jsonl"
     if kind not in SUFFIXES:
         raise DataError(f"{path}: unknown file type `{kind or path.name}`; use one of {', '.join(SUFFIXES)} (+ .gz)")
     return kind
@@ -72,14 +70,6 @@ def _kind(path: Path) -> str:
 
 def _open_bytes(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
-
-
-def _looks_like_jsonl(path: Path) -> bool:
-    """A `.json` file holding one object per line (common in the wild)."""
-    with _open_bytes(path) as handle:
-        head = handle.read(4096).lstrip()
-    first_line = head.split(b"\n", 1)[0].strip()
-    return head.startswith(b"{") and first_line.endswith(b"}")
 
 
 def _decode_lines(path: Path, data: bytes) -> Iterator[tuple[int, str | DataError]]:
@@ -116,10 +106,16 @@ def _read_json(path: Path, data: bytes) -> Iterator[Row | DataError]:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8") from None
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # one object per line under a .json name: read it as JSONL
+            yield from _read_jsonl(path, data)
+            return
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); expected a list of objects") from None
     if isinstance(value, dict):
-        # Some collections key records by id ({"12345": {...}}); keep the key as a field.
-        value = [{"id": key, **row} if isinstance(row, dict) else row for key, row in value.items()]
+        if value and all(isinstance(row, dict) for row in value.values()):
+            # Some collections key records by id ({"12345": {...}}); keep the key as a field.
+            value = [{"id": key, **row} for key, row in value.items()]
+        else:
+            value = [value]  # a single record
     if not isinstance(value, list):
         raise DataError(f"{path}: expected a list of objects at the top level")
     for index, item in enumerate(value, start=1):
