@@ -114,7 +114,8 @@ class DataSource(Section):
     hub: str | None = None
     """Hub dataset id (`openai/gsm8k`) or a local directory in hub layout, read with `datasets.load_dataset`."""
     subset: str | None = None
-    """Hub dataset configuration (e.g. `main` for GSM8K)."""
+    """Hub dataset configuration (e.g. `main` for GSM8K); for a named dataset, overrides its own (e.g.
+    `ARC-Easy` for `arc`)."""
     split: str | None = None
     """Split of the hub dataset to read (`train`, `test`, `train[:10%]`); `train` when unset."""
     revision: str | None = None

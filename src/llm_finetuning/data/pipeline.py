@@ -117,7 +117,9 @@ def load_named(source: DataSource, on_error: str, stats: SplitStats, kind: str) 
     rows = (
         read_rows(source.path, source.max_samples)
         if source.path is not None
-        else read_source(source.model_copy(update={"hub": named.hub_id, "subset": named.subset, "split": split}))
+        else read_source(
+            source.model_copy(update={"hub": named.hub_id, "subset": source.subset or named.subset, "split": split})
+        )
     )
     out = []
     for item in rows:

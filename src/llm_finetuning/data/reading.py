@@ -192,7 +192,8 @@ def source_fingerprint(source: DataSource) -> str:
 
         named = registry()[source.dataset]
         split = named.splits.get(source.split or "train", source.split or "train")
-        source = source.model_copy(update={"hub": named.hub_id, "subset": named.subset, "split": split})
+        subset = source.subset or named.subset
+        source = source.model_copy(update={"hub": named.hub_id, "subset": subset, "split": split})
     from datasets import load_dataset
 
     dataset = load_dataset(source.hub, source.subset, split=source.hub_split, revision=source.revision)
