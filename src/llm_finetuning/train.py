@@ -79,7 +79,7 @@ def _train(
     method = METHODS[config.method.name]
     set_seed(config.training.seed)
     tokenizer = load_tokenizer(config.model)
-    changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.NEEDS_CHAT_TEMPLATE)
+    changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.needs_chat_template)
     data = method.prepare(config, tokenizer)
     if data.dropped_rows():
         run.dropped_rows.write_text("\n".join(data.dropped_rows()) + "\n", encoding="utf-8")
@@ -92,10 +92,11 @@ def _train(
         data={"fingerprints": data.fingerprints, "stats": data.stats_dict()},
         tokenizer={"added_tokens": changes.added_tokens, "notes": changes.notes},
     )
-    model, base_path = _load_base(config, run, tokenizer)
+    model, base_path = _load_base(config, run, tokenizer, method.head)
     model = apply_adapter(
         model,
         config.adapter,
+        task_type="SEQ_CLS" if method.head == "sequence_classification" else "CAUSAL_LM",
         tokenizer_path=base_path,
         quantized=is_quantized(model),
         gradient_checkpointing=config.training.gradient_checkpointing,
@@ -127,19 +128,21 @@ def _train(
     return TrainResult(run, "completed", metrics)
 
 
-def _load_base(config: Config, run: RunDir, tokenizer: PreTrainedTokenizerBase) -> tuple[PreTrainedModel, str]:
+def _load_base(
+    config: Config, run: RunDir, tokenizer: PreTrainedTokenizerBase, head: str
+) -> tuple[PreTrainedModel, str]:
     """The model to adapt, and where its unmodified base lives (what `final/` adapters point at).
 
     A tiny model exists only in this process: it is saved to `base/` first, and reloaded from there when it must
     be quantized, exactly as a hub model would be.
     """
     if config.model.name != "tiny":
-        return load_model(config.model, tokenizer), config.model.name
+        return load_model(config.model, tokenizer, head), config.model.name
     model = load_model(config.model.model_copy(update={"quantization": "none"}), tokenizer)
     model.save_pretrained(run.base)
     tokenizer.save_pretrained(run.base)
-    if config.model.quantization != "none":
-        model = load_model(config.model.model_copy(update={"name": str(run.base)}), tokenizer)
+    if config.model.quantization != "none" or head != "causal_lm":
+        model = load_model(config.model.model_copy(update={"name": str(run.base)}), tokenizer, head)
     return model, str(run.base.resolve())
 
 

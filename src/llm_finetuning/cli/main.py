@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from llm_finetuning import __version__
-from llm_finetuning.cli import config_cmd, data_cmd, env_cmd, quickstart_cmd, train_cmd
+from llm_finetuning.cli import config_cmd, data_cmd, env_cmd, quickstart_cmd, reward_cmd, train_cmd
 
 app = typer.Typer(
     name="llmft",
@@ -19,6 +19,7 @@ app.command("env")(env_cmd.env)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(reward_cmd.app, name="reward")
 
 
 def _version(value: bool) -> None:

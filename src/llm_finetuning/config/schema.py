@@ -228,9 +228,61 @@ class PretrainMethod(Section):
     """Put the EOS token after every document, so the model sees where documents end."""
 
 
+class RewardMethod(Section):
+    """Reward model: a causal LM with a scalar head, trained so chosen responses score above rejected ones
+    (pairwise Bradley-Terry loss). Data: `preference` records."""
+
+    name: Literal["reward"] = "reward"
+    """Training method."""
+    center_rewards_coefficient: float | None = Field(None, ge=0)
+    """Weight of a penalty on the mean reward, keeping scores centred on zero (unset: no penalty)."""
+
+
+class DPOMethod(Section):
+    """Direct preference optimisation on `preference` records. With an adapter the reference model is the base
+    with the adapter disabled (no second copy in memory); with full weights, a frozen copy."""
+
+    name: Literal["dpo"] = "dpo"
+    """Training method."""
+    beta: float = Field(0.1, gt=0)
+    """Strength of the pull towards the reference model (the KL weight; for `ipo`, the regularisation)."""
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """`sigmoid` (DPO), `ipo` (identity preference optimisation), or `hinge` (SLiC)."""
+    precompute_ref_log_probs: bool = False
+    """Compute the reference log-probabilities once before training, instead of a reference forward pass
+    at every step."""
+
+
+class ORPOMethod(Section):
+    """Odds-ratio preference optimisation: SFT on the chosen response plus an odds-ratio penalty on the
+    rejected one, without a reference model. Data: `preference` records."""
+
+    name: Literal["orpo"] = "orpo"
+    """Training method."""
+    beta: float = Field(0.1, gt=0)
+    """Weight of the odds-ratio term (lambda in the ORPO paper)."""
+
+
+class KTOMethod(Section):
+    """Kahneman-Tversky optimisation on `unpaired` records (one completion judged desirable or undesirable)."""
+
+    name: Literal["kto"] = "kto"
+    """Training method."""
+    beta: float = Field(0.1, gt=0)
+    """Strength of the pull towards the reference model."""
+    desirable_weight: float = Field(1.0, gt=0)
+    """Loss weight of desirable examples (raise it when they are the minority)."""
+    undesirable_weight: float = Field(1.0, gt=0)
+    """Loss weight of undesirable examples."""
+    precompute_ref_log_probs: bool = False
+    """Compute the reference log-probabilities once before training."""
+
+
 # The tagged union of methods: each method owns its options. Later methods join this union.
-METHODS: tuple[type[Section], ...] = (SFTMethod, PretrainMethod)
-MethodConfig = Annotated[SFTMethod | PretrainMethod, Field(discriminator="name")]
+METHODS: tuple[type[Section], ...] = (SFTMethod, PretrainMethod, RewardMethod, DPOMethod, ORPOMethod, KTOMethod)
+MethodConfig = Annotated[
+    SFTMethod | PretrainMethod | RewardMethod | DPOMethod | ORPOMethod | KTOMethod, Field(discriminator="name")
+]
 
 
 # ----------------------------------------------------------------------------------------- training

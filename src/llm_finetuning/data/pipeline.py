@@ -254,3 +254,80 @@ def _report(name: str, stats: SplitStats, max_length: int) -> None:
             max_length,
             stats.dropped_no_completion_after_truncation,
         )
+
+
+def _token_count(tokenizer: PreTrainedTokenizerBase, messages: list, generation_prompt: bool = False) -> int:
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_lengths(
+    rows: list[tuple[str, Record]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stats: SplitStats,
+    drop_long: bool,
+) -> list[tuple[str, Record]]:
+    """Count records longer than `max_length`; drop those whose prompt leaves no room for a response (their
+    loss would be empty or NaN), or every long one when the trainer cannot truncate (`drop_long`)."""
+    kept = []
+    for where, record in rows:
+        responses = [record[k] for k in ("chosen", "rejected", "completion") if k in record]
+        longest = max(_token_count(tokenizer, record["prompt"] + r) for r in responses)
+        if longest > max_length:
+            stats.truncated += 1
+            prompt = _token_count(tokenizer, record["prompt"], generation_prompt=True)
+            if drop_long or prompt >= max_length:
+                stats.dropped_no_completion_after_truncation += 1
+                continue
+        kept.append((where, record))
+    return kept
+
+
+def prepare_records(
+    config: DataConfig,
+    kind: str,
+    seed: int,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    drop_long: bool = False,
+) -> PreparedData:
+    """Read, validate, clean and split records of one kind, untokenized (preference methods tokenize them
+    with the chat template inside TRL's trainers); with a tokenizer, over-long records are counted and those
+    that cannot train are dropped (see `fit_lengths`)."""
+    stats = {"train": SplitStats()}
+    prints: dict[str, str] = {}
+
+    def read(sources: list[DataSource], split: SplitStats) -> list[tuple[str, Record]]:
+        rows = []
+        for source in sources:
+            rows.extend(load_records(source, config.on_error, split, kind))
+            prints[source.label] = source_fingerprint(source)
+        return rows
+
+    train_rows = read(config.train, stats["train"])
+    eval_rows: list[tuple[str, Record]] = []
+    if config.eval:
+        stats["eval"] = SplitStats()
+        eval_rows = read(config.eval, stats["eval"])
+    train_rows, clean_report = clean_rows(train_rows, config, eval_rows, "record")
+    if not config.eval and config.eval_split:
+        stats["eval"] = SplitStats()
+        train_rows, eval_rows = split_eval(train_rows, config.eval_split, seed, stats)
+    if not train_rows:
+        raise DataError("No usable training rows: every row was skipped as malformed. See the log for examples.")
+    if tokenizer is not None:
+        train_rows = fit_lengths(train_rows, tokenizer, config.max_length, stats["train"], drop_long)
+        if "eval" in stats:
+            eval_rows = fit_lengths(eval_rows, tokenizer, config.max_length, stats["eval"], drop_long)
+    for name, rows in (("train", train_rows), ("eval", eval_rows)):
+        if name in stats:
+            stats[name].examples = len(rows)
+            _report(name, stats[name], config.max_length)
+    if not train_rows:
+        raise DataError(
+            f"No training example fits `data.max_length` ({config.max_length}): every prompt fills it"
+            f"{' or the pair is longer' if drop_long else ''}. Raise `data.max_length`."
+        )
+    evaluation = Dataset.from_list([r for _, r in eval_rows]) if "eval" in stats else None
+    return PreparedData(Dataset.from_list([r for _, r in train_rows]), evaluation, stats, prints, clean_report)

@@ -9,9 +9,7 @@ from llm_finetuning.data.pipeline import PreparedData
 from llm_finetuning.data.text import prepare_text
 from llm_finetuning.methods.sft import build_trainer
 
-NEEDS_CHAT_TEMPLATE = False
-
-__all__ = ["NEEDS_CHAT_TEMPLATE", "build_trainer", "prepare"]
+__all__ = ["build_trainer", "prepare"]
 
 
 def prepare(config: Config, tokenizer: PreTrainedTokenizerBase) -> PreparedData:

@@ -18,8 +18,6 @@ from llm_finetuning.data.pipeline import PreparedData, prepare_data
 from llm_finetuning.methods.common import apply_extra, training_arguments
 from llm_finetuning.runs.rundir import RunDir
 
-NEEDS_CHAT_TEMPLATE = True
-
 
 def prepare(config: Config, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     return prepare_data(config.data, tokenizer, config.method.train_on_prompt, config.training.seed)

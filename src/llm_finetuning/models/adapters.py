@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 MUTATING_INITS = ("pissa", "olora")
 
 
-def peft_config(adapter: AnyAdapter, tokenizer_path: str | None = None) -> PeftConfig:
+def peft_config(adapter: AnyAdapter, tokenizer_path: str | None = None, task_type: str = "CAUSAL_LM") -> PeftConfig:
     """The PEFT config for an adapter section (not for `full` and `freeze`, which use no PEFT wrapper)."""
     if isinstance(adapter, LoraAdapter):  # DoraAdapter included
         return LoraConfig(
@@ -54,7 +54,7 @@ def peft_config(adapter: AnyAdapter, tokenizer_path: str | None = None) -> PeftC
             use_rslora=adapter.use_rslora,
             use_dora=isinstance(adapter, DoraAdapter),
             init_lora_weights=True if adapter.init == "default" else adapter.init,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     if isinstance(adapter, IA3Adapter):
         explicit = isinstance(adapter.target_modules, list)
@@ -62,14 +62,14 @@ def peft_config(adapter: AnyAdapter, tokenizer_path: str | None = None) -> PeftC
             target_modules=adapter.target_modules if explicit else None,
             feedforward_modules=adapter.feedforward_modules if explicit else None,
             modules_to_save=adapter.modules_to_save or None,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     if isinstance(adapter, PrefixAdapter):
         return PrefixTuningConfig(
             num_virtual_tokens=adapter.num_virtual_tokens,
             prefix_projection=adapter.projection,
             encoder_hidden_size=adapter.projection_hidden_size,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     if isinstance(adapter, PromptAdapter):
         return PromptTuningConfig(
@@ -77,7 +77,7 @@ def peft_config(adapter: AnyAdapter, tokenizer_path: str | None = None) -> PeftC
             prompt_tuning_init="TEXT" if adapter.init == "text" else "RANDOM",
             prompt_tuning_init_text=adapter.init_text,
             tokenizer_name_or_path=tokenizer_path if adapter.init == "text" else None,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     if isinstance(adapter, PTuningAdapter):
         return PromptEncoderConfig(
@@ -86,7 +86,7 @@ def peft_config(adapter: AnyAdapter, tokenizer_path: str | None = None) -> PeftC
             encoder_hidden_size=adapter.encoder_hidden_size,
             encoder_num_layers=adapter.encoder_num_layers,
             encoder_dropout=adapter.encoder_dropout,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     raise TypeError(f"no PEFT config for adapter method {adapter.method}")
 
@@ -97,6 +97,7 @@ def apply_adapter(
     tokenizer_path: str | None = None,
     quantized: bool = False,
     gradient_checkpointing: bool = False,
+    task_type: str = "CAUSAL_LM",
 ) -> PreTrainedModel | PeftModel:
     """Return the model to train: a PEFT model with only adapter weights trainable, or the model itself."""
     if quantized:
@@ -109,7 +110,7 @@ def apply_adapter(
     elif isinstance(adapter, FreezeAdapter):
         wrapped = freeze_except(model, adapter)
     else:
-        wrapped = get_peft_model(model, peft_config(adapter, tokenizer_path))
+        wrapped = get_peft_model(model, peft_config(adapter, tokenizer_path, task_type))
     counts = count_parameters(wrapped)
     logger.info(
         "adapter %s: %s of %s parameters train (%.3f%%)",

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     BitsAndBytesConfig,
     PreTrainedModel,
@@ -115,14 +116,19 @@ def prepare_tokenizer(
     return changes
 
 
-def load_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """Load or build the model, grow its embeddings to the tokenizer, and align its special token ids."""
+def load_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, head: str = "causal_lm") -> PreTrainedModel:
+    """Load or build the model, grow its embeddings to the tokenizer, and align its special token ids.
+
+    `head="sequence_classification"` loads the same network with a scalar score head (reward models).
+    """
     dtype = resolve_dtype(config.dtype)
     if config.name == "tiny":
+        if head != "causal_lm":
+            raise ValueError("tiny models are built as causal LMs; save them and load the directory with a head")
         attention = None if config.attn_implementation == "auto" else config.attn_implementation
         model = tiny.build_model(config.tiny, tokenizer, dtype, attention)
     else:
-        model = _from_pretrained(config, dtype)
+        model = _from_pretrained(config, dtype, head)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         logger.warning(
             "The tokenizer has %d tokens but the model's embeddings have %d rows; growing them (new rows are "
@@ -133,7 +139,7 @@ def load_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTr
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
-    if model.generation_config is not None:
+    if getattr(model, "generation_config", None) is not None:  # sequence classifiers have none
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
@@ -159,7 +165,7 @@ def is_quantized(model: PreTrainedModel) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def _from_pretrained(config: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
+def _from_pretrained(config: ModelConfig, dtype: torch.dtype, head: str = "causal_lm") -> PreTrainedModel:
     kwargs: dict = {
         "revision": config.revision,
         "dtype": dtype,
@@ -173,8 +179,11 @@ def _from_pretrained(config: ModelConfig, dtype: torch.dtype) -> PreTrainedModel
     if config.quantization != "none":
         kwargs["quantization_config"] = quantization_config(config, dtype)
     _check_local(config.name, "model.name")
+    model_class = AutoModelForCausalLM
+    if head == "sequence_classification":
+        model_class, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
     try:
-        return AutoModelForCausalLM.from_pretrained(config.name, **kwargs)
+        return model_class.from_pretrained(config.name, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
         hint = ""
         if "safetensors" in str(exc).lower() and not config.allow_unsafe_weights:
