@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer
@@ -30,6 +31,28 @@ def prepare(config: Config, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     return prepare_records(config.data, KIND[config.method.name], config.training.seed, tokenizer, drop_long)
 
 
+class CompletionOnlyORPOTrainer(ORPOTrainer):
+    """ORPO with the paper's SFT term: the NLL of the chosen response given the prompt.
+
+    TRL's experimental ORPO computes that NLL over the prompt tokens as well, which trains the model to
+    generate prompts; the log-odds term already uses completion tokens only. Here the NLL is recomputed from the
+    same forward pass with the prompt masked, so the loss is Hong et al. 2024, eq. 6, as written.
+    """
+
+    def concatenated_forward(self, model: Any, batch: dict[str, Any]) -> tuple:
+        outputs = super().concatenated_forward(model, batch)
+        chosen_logits = outputs[2]  # already shifted: position t predicts token t + 1
+        concatenated = self.concatenated_inputs(
+            batch,
+            is_encoder_decoder=self.is_encoder_decoder,
+            padding_value=self.padding_value,
+            device=self.accelerator.device,
+        )
+        labels = concatenated["concatenated_labels"][: chosen_logits.shape[0], 1:]
+        nll = F.cross_entropy(chosen_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return (*outputs[:4], nll, *outputs[5:])
+
+
 def _options(config: Config) -> tuple[type, type, dict[str, Any]]:
     method = config.method
     if method.name == "reward":
@@ -38,7 +61,7 @@ def _options(config: Config) -> tuple[type, type, dict[str, Any]]:
         options = {"beta": method.beta, "loss_type": [method.loss_type]}
         return DPOConfig, DPOTrainer, {**options, "precompute_ref_log_probs": method.precompute_ref_log_probs}
     if method.name == "orpo":
-        return ORPOConfig, ORPOTrainer, {"beta": method.beta}
+        return ORPOConfig, CompletionOnlyORPOTrainer, {"beta": method.beta}
     options = {
         "beta": method.beta,
         "desirable_weight": method.desirable_weight,
