@@ -30,7 +30,8 @@ class Census(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         gc.collect()
         self.models = sum(
-            isinstance(o, PreTrainedModel) and not hasattr(o, "base_model_prefix_for_peft") for o in gc.get_objects()
+            isinstance(o, PreTrainedModel) and not hasattr(o, "base_model_prefix_for_peft")
+            for o in gc.get_objects()
             if type(o).__name__.endswith("ForCausalLM")
         )
 
@@ -46,8 +47,13 @@ def config(tmp_path, method, source, adapter=LORA, **sections) -> Config:
             "adapter": adapter,
             "method": method,
             "data": {"train": source, "max_length": sections.pop("max_length", 512), **sections.pop("data", {})},
-            "training": {"max_steps": 3, "per_device_batch_size": 2, "logging_steps": 1, "learning_rate": 1e-3,
-                         **sections.pop("training", {})},
+            "training": {
+                "max_steps": 3,
+                "per_device_batch_size": 2,
+                "logging_steps": 1,
+                "learning_rate": 1e-3,
+                **sections.pop("training", {}),
+            },
             "output_dir": str(tmp_path / "run"),
         }
     )
@@ -90,7 +96,9 @@ def test_orpo_on_hh_rlhf_counts_what_does_not_fit(tmp_path):
     assert result.status == "completed"
     stats = json.loads((tmp_path / "run" / "manifest.json").read_text())["data"]["stats"]["train"]
     assert stats["truncated"] > 0  # byte-level tokens: long transcripts exceed 400
-    assert stats["examples"] == stats["rows"] - stats["skipped_bad_rows"] - stats["dropped_no_completion_after_truncation"]
+    assert (
+        stats["examples"] == stats["rows"] - stats["skipped_bad_rows"] - stats["dropped_no_completion_after_truncation"]
+    )
     losses = [json.loads(line).get("loss") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(isinstance(v, float) and v > 0 for v in losses if v is not None)  # no NaN from empty completions
 
@@ -112,8 +120,14 @@ def test_reward_model_learns_a_preference_and_scores_pairs(tmp_path, write_jsonl
         rows.append({"prompt": prompt, "chosen": "yes " * 3, "rejected": "no " * 3})
     data = write_jsonl(rows, "pairs.jsonl")
     result = train(
-        config(tmp_path, {"name": "reward"}, {"path": str(data), "format": "preference"}, adapter={"method": "full"},
-               data={"eval_split": 0.25}, training={"max_steps": 40, "per_device_batch_size": 8, "learning_rate": 3e-3})
+        config(
+            tmp_path,
+            {"name": "reward"},
+            {"path": str(data), "format": "preference"},
+            adapter={"method": "full"},
+            data={"eval_split": 0.25},
+            training={"max_steps": 40, "per_device_batch_size": 8, "learning_rate": 3e-3},
+        )
     )
     assert result.metrics["eval_accuracy"] == 1.0
     final = tmp_path / "run" / "final"
@@ -124,11 +138,42 @@ def test_reward_model_learns_a_preference_and_scores_pairs(tmp_path, write_jsonl
 
 
 def test_reward_model_with_lora_saves_an_adapter_with_its_head(tmp_path):
-    source = {"path": str(shared("stack_exchange_paired/stack_exchange_paired_tiny.json")), "format": "preference",
-              "columns": {"prompt": "question", "chosen": "response_j", "rejected": "response_k"}}
+    source = {
+        "path": str(shared("stack_exchange_paired/stack_exchange_paired_tiny.json")),
+        "format": "preference",
+        "columns": {"prompt": "question", "chosen": "response_j", "rejected": "response_k"},
+    }
     train(config(tmp_path, {"name": "reward"}, source, max_length=2048))
     model, tokenizer = load_reward_model(tmp_path / "run")
     (value,) = score(model, tokenizer, ["How do I sort?"], ["Use sorted()."])
     assert isinstance(value, float)
     saved = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())
     assert saved["task_type"] == "SEQ_CLS"
+
+
+@pytest.mark.parametrize("name", ["dpo", "kto"])
+def test_reference_log_probs_are_computed_once_and_reused(tmp_path, monkeypatch, name):
+    from trl import DPOTrainer, KTOTrainer
+
+    trainer_class = {"dpo": DPOTrainer, "kto": KTOTrainer}[name]
+    calls = []
+    original = trainer_class.compute_ref_log_probs
+    monkeypatch.setattr(
+        trainer_class, "compute_ref_log_probs", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
+    monkeypatch.setenv("LLMFT_CACHE_DIR", str(tmp_path / "cache"))
+    if name == "dpo":
+        source = {**DPO_DEMO, "path": str(shared("llamafactory_demo/dpo_en_demo.json"))}
+    else:
+        source = {"path": str(shared("llamafactory_demo/kto_en_demo.json")), "format": "unpaired", "max_samples": 16}
+    method = {"name": name, "precompute_ref_log_probs": True}
+    losses = []
+    for attempt in ("first", "second"):
+        calls.clear()
+        run_config = config(tmp_path / attempt, method, source)
+        losses.append(train(run_config).metrics["train_loss"])
+        if attempt == "first":
+            assert calls  # the first run computes them
+        else:
+            assert calls == []  # the second run reads them from the cache: no reference forward pass
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)

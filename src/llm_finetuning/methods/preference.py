@@ -13,12 +13,13 @@ from typing import Any
 import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer
+from trl import DPOConfig, KTOConfig, RewardConfig, RewardTrainer
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from llm_finetuning.config.schema import Config
 from llm_finetuning.data.pipeline import PreparedData, prepare_records
 from llm_finetuning.methods.common import apply_extra, training_arguments
+from llm_finetuning.methods.reference_cache import CachedDPOTrainer, CachedKTOTrainer
 from llm_finetuning.runs.rundir import RunDir
 
 KIND = {"reward": "preference", "dpo": "preference", "orpo": "preference", "kto": "unpaired"}
@@ -59,7 +60,7 @@ def _options(config: Config) -> tuple[type, type, dict[str, Any]]:
         return RewardConfig, RewardTrainer, {"center_rewards_coefficient": method.center_rewards_coefficient}
     if method.name == "dpo":
         options = {"beta": method.beta, "loss_type": [method.loss_type]}
-        return DPOConfig, DPOTrainer, {**options, "precompute_ref_log_probs": method.precompute_ref_log_probs}
+        return DPOConfig, CachedDPOTrainer, {**options, "precompute_ref_log_probs": method.precompute_ref_log_probs}
     if method.name == "orpo":
         return ORPOConfig, CompletionOnlyORPOTrainer, {"beta": method.beta}
     options = {
@@ -68,7 +69,7 @@ def _options(config: Config) -> tuple[type, type, dict[str, Any]]:
         "undesirable_weight": method.undesirable_weight,
         "precompute_ref_log_probs": method.precompute_ref_log_probs,
     }
-    return KTOConfig, KTOTrainer, options
+    return KTOConfig, CachedKTOTrainer, options
 
 
 def build_trainer(
