@@ -21,6 +21,16 @@ def train(
     setup_logging(verbose)
     if overwrite and resume:
         raise typer.BadParameter("--overwrite and --resume cannot be used together. Choose one.")
+    from llm_finetuning.stages import is_stages_file
+
+    if is_stages_file(config):
+        if overrides or resume:
+            raise typer.BadParameter("a stages file takes no overrides or --resume; edit the stage configs instead")
+        from llm_finetuning.stages import run_stages
+
+        for stage in run_stages(config, overwrite=overwrite):
+            console.print(f"[green]{stage.status}[/] stage {stage.name}: {stage.run_dir}")
+        return
     resolved = load_config(config, overrides or [])
     check_run_dir(resolved.output_dir, overwrite=overwrite, resume=resume)  # fail before the slow imports
     from llm_finetuning.train import train as run_training  # heavy imports only once the config is valid
