@@ -6,6 +6,7 @@ stages:
   - {name: sft, config: sft.yaml}
   - {name: dpo, config: dpo.yaml, from: sft}   # `from` defaults to the previous stage
 ```
+A PPO stage names the stage that trained its reward model with `reward_from: <stage>`.
 
 Every stage gets its own run directory `<output_dir>/<name>`; a stage that does not complete stops the chain,
 and every run directory stays as it is. `stages.json` in `output_dir` records what ran.
@@ -63,8 +64,14 @@ def _stage_specs(path: Path) -> tuple[Path, list[dict[str, Any]]]:
         raise ConfigError(f"{path}: `stages` must be a non-empty list of {{name, config, from}}")
     names: list[str] = []
     for index, stage in enumerate(stages):
-        if not isinstance(stage, dict) or set(stage) - {"name", "config", "from"} or "config" not in stage:
-            raise ConfigError(f"{path}: stages[{index}] must be a mapping with `name`, `config` and optional `from`")
+        if (
+            not isinstance(stage, dict)
+            or set(stage) - {"name", "config", "from", "reward_from"}
+            or "config" not in stage
+        ):
+            raise ConfigError(
+                f"{path}: stages[{index}] must be a mapping with `name`, `config`, optional `from` and `reward_from`"
+            )
         stage.setdefault("name", f"stage{index + 1}")
         if stage["name"] in names:
             raise ConfigError(f"{path}: stage name `{stage['name']}` is used twice")
@@ -72,6 +79,8 @@ def _stage_specs(path: Path) -> tuple[Path, list[dict[str, Any]]]:
         if source is not None and source not in names:
             raise ConfigError(f"{path}: stages[{index}].from: `{source}` is not an earlier stage ({', '.join(names)})")
         stage["from"] = source
+        if stage.get("reward_from") is not None and stage["reward_from"] not in names:
+            raise ConfigError(f"{path}: stages[{index}].reward_from: `{stage['reward_from']}` is not an earlier stage")
         names.append(stage["name"])
     return Path(data.get("output_dir") or Path("runs") / path.stem), stages
 
@@ -103,6 +112,8 @@ def starting_model(run_dir: Path) -> Path:
 def _stage_config(spec: dict[str, Any], base_dir: Path, output_dir: Path, start: Path | None) -> Config:
     raw, locations = load_raw(base_dir / spec["config"])
     raw["output_dir"] = str(output_dir / spec["name"])
+    if spec.get("reward_from"):
+        raw.setdefault("method", {})["reward_model"] = str(output_dir / spec["reward_from"])
     if start is not None:
         model = {k: v for k, v in raw.get("model", {}).items() if k != "tiny"}
         raw["model"] = {**model, "name": str(start), "tokenizer": str(start)}

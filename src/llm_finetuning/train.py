@@ -124,6 +124,8 @@ def _train(
     if data.eval is not None:
         metrics.update(trainer.evaluate())
     save_final(config, run, trainer.model, tokenizer, bool(changes.added_tokens), initial_adapter)
+    if hasattr(trainer, "save_extras"):  # e.g. PPO's value head
+        trainer.save_extras(run.final)
     write_manifest(run, final_metrics=metrics)
     return TrainResult(run, "completed", metrics)
 

@@ -25,6 +25,7 @@ from llm_finetuning.config.adapters import (  # noqa: F401  (re-exported: the sc
     PTuningAdapter,
 )
 from llm_finetuning.config.base import Section, conflict
+from llm_finetuning.config.ppo import PPOOptions
 from llm_finetuning.data.clean.config import CleanConfig
 
 
@@ -278,10 +279,56 @@ class KTOMethod(Section):
     """Compute the reference log-probabilities once before training."""
 
 
+# Options PPO shares with every trainer: they come from `training.*`, described there once.
+PPO_FROM_TRAINING = {
+    "learning_rate": "learning_rate",
+    "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm",
+    "seed": "seed",
+    "total_steps": "max_steps",
+    "batch_size": "per_device_batch_size",
+}
+
+
+class PPOMethod(PPOOptions):
+    """PPO (RLHF) with our own trainer: sample completions to `prompt_only` records, score them with a reward
+    model or a reward function, and optimise the policy with clipped PPO, a value head, GAE and a per-token KL
+    penalty to the reference (the adapter-disabled base with LoRA, a frozen copy with full weights). The number
+    of PPO steps is `training.max_steps`, prompts per step `training.per_device_batch_size`."""
+
+    name: Literal["ppo"] = "ppo"
+    """Training method."""
+    reward_model: str | None = None
+    """The reward model: a `method: reward` run directory, or a sequence-classification model (hub id or
+    directory)."""
+    reward_function: str | None = None
+    """A Python reward function as `module:function`, called as `f(prompts, completions, **extra_columns)` and
+    returning one float per completion."""
+
+    @model_validator(mode="after")
+    def _one_reward(self) -> PPOMethod:
+        if (self.reward_model is None) == (self.reward_function is None):
+            raise ValueError("PPO needs exactly one of `method.reward_model` or `method.reward_function`")
+        duplicated = sorted(set(PPO_FROM_TRAINING) & self.model_fields_set)
+        if duplicated:
+            keys = ", ".join(f"`training.{PPO_FROM_TRAINING[k]}`" for k in duplicated)
+            raise ValueError(f"set {keys} instead of `method.{'`, `method.'.join(duplicated)}`")
+        return self
+
+
 # The tagged union of methods: each method owns its options. Later methods join this union.
-METHODS: tuple[type[Section], ...] = (SFTMethod, PretrainMethod, RewardMethod, DPOMethod, ORPOMethod, KTOMethod)
+METHODS: tuple[type[Section], ...] = (
+    SFTMethod,
+    PretrainMethod,
+    RewardMethod,
+    DPOMethod,
+    ORPOMethod,
+    KTOMethod,
+    PPOMethod,
+)
 MethodConfig = Annotated[
-    SFTMethod | PretrainMethod | RewardMethod | DPOMethod | ORPOMethod | KTOMethod, Field(discriminator="name")
+    SFTMethod | PretrainMethod | RewardMethod | DPOMethod | ORPOMethod | KTOMethod | PPOMethod,
+    Field(discriminator="name"),
 ]
 
 

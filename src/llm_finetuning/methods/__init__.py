@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from llm_finetuning.methods import preference, pretrain, sft
+from llm_finetuning.methods import preference, pretrain, rlhf, sft
 
 
 @dataclass(frozen=True)
@@ -32,4 +32,5 @@ METHODS: dict[str, Method] = {
     "dpo": Method(preference),
     "orpo": Method(preference),
     "kto": Method(preference),
+    "ppo": Method(rlhf),
 }

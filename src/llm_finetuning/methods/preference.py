@@ -8,13 +8,17 @@ KTO take the reference model as the base with the adapter disabled, so no second
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import DPOConfig, KTOConfig, RewardConfig, RewardTrainer
-from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+# ORPO lives in trl.experimental; the pinned version is tested here (tests/unit/test_preference_losses.py).
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
 from llm_finetuning.config.schema import Config
 from llm_finetuning.data.pipeline import PreparedData, prepare_records

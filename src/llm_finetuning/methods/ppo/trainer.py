@@ -152,9 +152,7 @@ class PPOTrainer:
         """Policy logits (at the sampling temperature) and values at the positions that predict completion
         tokens: position P - 1 + t predicts completion token t and holds the value of the state before it."""
         length = rollout.response_ids.shape[1]
-        logits, values = self.model(
-            rollout.input_ids[rows], rollout.attention_mask[rows], logits_to_keep=length + 1
-        )
+        logits, values = self.model(rollout.input_ids[rows], rollout.attention_mask[rows], logits_to_keep=length + 1)
         return logits[:, :-1] / self.options.temperature, values[:, -length - 1 : -1]
 
     @torch.no_grad()
