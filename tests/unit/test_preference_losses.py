@@ -1,4 +1,4 @@
-"""The DPO and ORPO losses the trainers compute equal the papers' formulas on the batch's log-probabilities.
+"""The DPO, ORPO and KTO losses the trainers compute equal the papers' formulas on the batch's log-probabilities.
 
 The policy and reference log-probabilities are computed here, independently, from the models' logits on a fixed
 batch; the formulas are written out from the papers (DPO: Rafailov et al. 2023 eq. 7; IPO: Azar et al. 2023
@@ -37,7 +37,31 @@ ROWS = [
 ]
 
 
-def build(tmp_path, method: dict):
+UNPAIRED = [
+    {
+        "prompt": [{"role": "user", "content": "Pick a colour"}],
+        "completion": [{"role": "assistant", "content": "Teal."}],
+        "label": True,
+    },
+    {
+        "prompt": [{"role": "user", "content": "2+2?"}],
+        "completion": [{"role": "assistant", "content": "5, probably"}],
+        "label": False,
+    },
+    {
+        "prompt": [{"role": "user", "content": "Say hi"}],
+        "completion": [{"role": "assistant", "content": "hi"}],
+        "label": True,
+    },
+    {
+        "prompt": [{"role": "user", "content": "Capital of France?"}],
+        "completion": [{"role": "assistant", "content": "Berlin."}],
+        "label": False,
+    },
+]
+
+
+def build(tmp_path, method: dict, rows: list | None = None, batch_size: int = 2):
     from datasets import Dataset
 
     config = Config.model_validate(
@@ -46,7 +70,7 @@ def build(tmp_path, method: dict):
             "adapter": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "init": "gaussian"},
             "method": method,
             "data": {"train": {"path": "unused.jsonl", "format": "preference"}, "max_length": 128},
-            "training": {"per_device_batch_size": 2, "max_steps": 1},
+            "training": {"per_device_batch_size": batch_size, "max_steps": 1},
             "output_dir": str(tmp_path / "run"),
         }
     )
@@ -59,18 +83,19 @@ def build(tmp_path, method: dict):
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
-    data = PreparedData(Dataset.from_list(ROWS), None, {"train": SplitStats()}, {})
+    data = PreparedData(Dataset.from_list(rows or ROWS), None, {"train": SplitStats()}, {})
     trainer = METHODS[method["name"]].build_trainer(config, RunDir(tmp_path / "run"), model, tokenizer, data, [])
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     return trainer, model, batch
 
 
-def sequence_logps(model, batch, average: bool = False) -> torch.Tensor:
+def sequence_logps(model, batch, average: bool = False, prefix: str = "") -> torch.Tensor:
     """Sum (or mean) over completion tokens of log p(token | prefix), computed from the logits."""
+    ids = batch[f"{prefix}input_ids"]
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["completion_mask"][:, 1:].float()
+        logits = model(input_ids=ids, attention_mask=batch[f"{prefix}attention_mask"]).logits[:, :-1]
+    targets = ids[:, 1:]
+    mask = batch[f"{prefix}completion_mask"][:, 1:].float()
     per_token = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets[..., None])[..., 0]
     total = (per_token * mask).sum(dim=1)
     return total / mask.sum(dim=1) if average else total
@@ -122,4 +147,27 @@ def test_orpo_loss_equals_the_formula(tmp_path):
     nll = -(per_token.chunk(2)[0].sum()) / n_chosen
     expected = nll - beta * F.logsigmoid(log_odds).mean()
     assert not math.isnan(loss.item())
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_kto_loss_equals_the_formula(tmp_path):
+    """Ethayarajh et al. 2024, eq. 8: desirable 1 - sigmoid(beta (r - z0)), undesirable 1 - sigmoid(beta (z0 - r)),
+    with r the policy/reference log-ratio and z0 the (clamped, detached) KL estimate from mismatched pairs."""
+    beta, desirable, undesirable = 0.4, 1.0, 1.7
+    method = {"name": "kto", "beta": beta, "desirable_weight": desirable, "undesirable_weight": undesirable}
+    trainer, model, batch = build(tmp_path, method, UNPAIRED, batch_size=4)
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    ratio = sequence_logps(model, batch)
+    kl_policy = sequence_logps(model, batch, prefix="KL_")
+    with model.disable_adapter():
+        ratio = ratio - sequence_logps(model, batch)
+        kl_policy = kl_policy - sequence_logps(model, batch, prefix="KL_")
+    z0 = kl_policy.mean().clamp(min=0)
+    labels = torch.as_tensor(batch["label"], dtype=torch.bool)
+    chosen = desirable * (1 - torch.sigmoid(beta * (ratio[labels] - z0)))
+    rejected = undesirable * (1 - torch.sigmoid(beta * (z0 - ratio[~labels])))
+    expected = torch.cat([chosen, rejected]).mean()
+    assert ratio.abs().min() > 1e-3
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
