@@ -26,7 +26,7 @@ from llm_finetuning.config.errors import format_validation_error
 from llm_finetuning.config.loading import load_raw
 from llm_finetuning.config.schema import Config
 from llm_finetuning.errors import ConfigError, UserError
-from llm_finetuning.runs.rundir import RunDir, now
+from llm_finetuning.runs.rundir import now
 
 logger = logging.getLogger(__name__)
 
@@ -87,26 +87,11 @@ def _stage_specs(path: Path) -> tuple[Path, list[dict[str, Any]]]:
 
 def starting_model(run_dir: Path) -> Path:
     """A full model directory for the next stage: `final/` itself, or the adapter merged into its base."""
-    final = RunDir(run_dir).final
-    adapter = final / "adapter_config.json"
-    if not adapter.is_file():
-        return final
-    merged = run_dir / "merged"
-    if (merged / "config.json").is_file():
-        return merged
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from llm_finetuning.export.lora_merge import merge_run
 
-    base_path = json.loads(adapter.read_text())["base_model_name_or_path"]
-    tokenizer = AutoTokenizer.from_pretrained(final)
-    base = AutoModelForCausalLM.from_pretrained(base_path)
-    if base.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        base.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(base, final).merge_and_unload()
-    model.save_pretrained(merged)
-    tokenizer.save_pretrained(merged)
-    logger.info("Merged the adapter of %s into %s for the next stage", final, merged)
-    return merged
+    result = merge_run(run_dir)
+    logger.info("%s", result.message)
+    return result.path
 
 
 def _stage_config(spec: dict[str, Any], base_dir: Path, output_dir: Path, start: Path | None) -> Config:

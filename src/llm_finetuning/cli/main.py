@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from llm_finetuning import __version__
-from llm_finetuning.cli import config_cmd, data_cmd, env_cmd, quickstart_cmd, reward_cmd, train_cmd
+from llm_finetuning.cli import config_cmd, data_cmd, env_cmd, merge_cmd, quickstart_cmd, reward_cmd, train_cmd
 
 app = typer.Typer(
     name="llmft",
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 app.command("train", epilog=config_cmd.schema_epilog())(train_cmd.train)
 app.command("env")(env_cmd.env)
+app.command("merge")(merge_cmd.merge)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")

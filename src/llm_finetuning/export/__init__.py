@@ -1,0 +1,1 @@
+"""Merging, model merging and export."""
