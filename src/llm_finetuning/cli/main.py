@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from llm_finetuning import __version__
-from llm_finetuning.cli import config_cmd, data_cmd, env_cmd, merge_cmd, quickstart_cmd, reward_cmd, train_cmd
+from llm_finetuning.cli import (
+    config_cmd,
+    data_cmd,
+    env_cmd,
+    generate_cmd,
+    merge_cmd,
+    quickstart_cmd,
+    reward_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="llmft",
@@ -17,6 +26,8 @@ app = typer.Typer(
 app.command("train", epilog=config_cmd.schema_epilog())(train_cmd.train)
 app.command("env")(env_cmd.env)
 app.command("merge")(merge_cmd.merge)
+app.command("generate")(generate_cmd.generate)
+app.command("chat")(generate_cmd.chat)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")

@@ -1,0 +1,1 @@
+"""Inference from a run directory: batched generation, chat (and later an OpenAI-compatible server)."""
