@@ -11,8 +11,10 @@ from llm_finetuning.cli import (
     env_cmd,
     generate_cmd,
     merge_cmd,
+    merge_models_cmd,
     quickstart_cmd,
     reward_cmd,
+    serve_cmd,
     train_cmd,
 )
 
@@ -26,8 +28,10 @@ app = typer.Typer(
 app.command("train", epilog=config_cmd.schema_epilog())(train_cmd.train)
 app.command("env")(env_cmd.env)
 app.command("merge")(merge_cmd.merge)
+app.command("merge-models")(merge_models_cmd.merge_models_cmd)
 app.command("generate")(generate_cmd.generate)
 app.command("chat")(generate_cmd.chat)
+app.command("serve")(serve_cmd.serve)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
