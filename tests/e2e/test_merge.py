@@ -83,3 +83,21 @@ def test_full_model_run_has_nothing_to_merge(tmp_path, write_jsonl, qa_rows):
     run = trained(tmp_path, write_jsonl, qa_rows, adapter={"method": "full"})
     result = merge_run(run)
     assert not result.merged and "already holds a full model" in result.message
+
+
+def test_export_hf_writes_merged_weights_tokenizer_and_a_model_card(tmp_path, write_jsonl, qa_rows):
+    run = trained(tmp_path, write_jsonl, qa_rows)
+    outcome = CliRunner().invoke(app, ["export", str(run), "--format", "hf", "--output", str(tmp_path / "hf")])
+    assert outcome.exit_code == 0, outcome.output
+    hf = tmp_path / "hf"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "llmft_config.yaml"} <= {
+        p.name for p in hf.iterdir()
+    }
+    torch.testing.assert_close(merged_logits(hf), adapter_logits(run), rtol=1e-4, atol=1e-5)
+    card = (hf / "README.md").read_text()
+    assert "`sft`" in card and "lora adapter, merged" in card and "| learning_rate | 0.01 |" in card
+    assert "train_loss:" in card and "transformers" in card
+    again = CliRunner().invoke(app, ["export", str(run), "--output", str(hf)])
+    assert again.exit_code == 2 and "not empty" in again.output
+    gguf = CliRunner().invoke(app, ["export", str(run), "--format", "gguf"])
+    assert gguf.exit_code == 2 and "only `hf`" in gguf.output

@@ -9,6 +9,7 @@ from llm_finetuning.cli import (
     config_cmd,
     data_cmd,
     env_cmd,
+    export_cmd,
     generate_cmd,
     merge_cmd,
     merge_models_cmd,
@@ -29,6 +30,7 @@ app.command("train", epilog=config_cmd.schema_epilog())(train_cmd.train)
 app.command("env")(env_cmd.env)
 app.command("merge")(merge_cmd.merge)
 app.command("merge-models")(merge_models_cmd.merge_models_cmd)
+app.command("export")(export_cmd.export)
 app.command("generate")(generate_cmd.generate)
 app.command("chat")(generate_cmd.chat)
 app.command("serve")(serve_cmd.serve)
