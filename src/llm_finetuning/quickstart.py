@@ -14,11 +14,11 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_finetuning.config.schema import Config
 from llm_finetuning.models.loading import load_model, load_tokenizer, prepare_tokenizer
+from llm_finetuning.serve.generation import generate
 from llm_finetuning.train import TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,6 @@ def quickstart_config(data_dir: Path, output_dir: str, max_steps: int) -> Config
     )
 
 
-@torch.no_grad()
 def exact_match(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -97,27 +96,8 @@ def exact_match(
     batch_size: int = 64,
 ) -> float:
     """Percentage of prompts whose greedy completion equals the reference exactly."""
-    model.eval()
-    tokenizer.padding_side = "left"  # generation continues from the right end of every row
-    correct = 0
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True
-            )
-            for r in batch
-        ]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        output = model.generate(
-            **inputs,
-            max_new_tokens=12,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += sum(text.strip() == r["completion"] for text, r in zip(texts, batch, strict=True))
+    texts = generate(model.eval(), tokenizer, [r["prompt"] for r in rows], max_new_tokens=12, batch_size=batch_size)
+    correct = sum(text.strip() == r["completion"] for text, r in zip(texts, rows, strict=True))
     return 100.0 * correct / max(len(rows), 1)
 
 

@@ -264,9 +264,14 @@ FORMATS: dict[str, Callable[[dict[str, Any], dict[str, str]], Record]] = {
 def to_record(row: dict[str, Any], fmt: str, columns: dict[str, str], system_prompt: str | None = None) -> Record:
     """The canonical record of a row; raises `RowError` naming the offending field."""
     record = FORMATS[fmt](row, columns)
-    conversation = record.get("messages") or record.get("prompt")
     if FORMAT_KIND[fmt] == "messages":
         _check_conversation(record["messages"])
+    return add_system_prompt(record, system_prompt)
+
+
+def add_system_prompt(record: Record, system_prompt: str | None) -> Record:
+    """Put `system_prompt` first in the record's conversation (`messages` or `prompt`) unless it has one."""
+    conversation = record.get("messages") or record.get("prompt")
     if system_prompt and isinstance(conversation, list) and conversation[0]["role"] != "system":
         conversation.insert(0, {"role": "system", "content": system_prompt})
     return record

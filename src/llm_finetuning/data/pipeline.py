@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llm_finetuning.config.schema import DataConfig, DataSource
 from llm_finetuning.data.cleaning import clean_rows
-from llm_finetuning.data.formats import FORMAT_KIND, Record, RowError, to_record
+from llm_finetuning.data.formats import FORMAT_KIND, Record, RowError, add_system_prompt, to_record
 from llm_finetuning.data.reading import Row, read_rows, read_source, source_fingerprint
 from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, encode
 from llm_finetuning.errors import ConfigError, DataError
@@ -127,12 +127,7 @@ def load_named(source: DataSource, on_error: str, stats: SplitStats, kind: str) 
         try:
             if isinstance(item, DataError):
                 raise item
-            record = convert(item.data)
-            if source.system_prompt and isinstance(record.get("messages") or record.get("prompt"), list):
-                conversation = record.get("messages") or record["prompt"]
-                if conversation[0]["role"] != "system":
-                    conversation.insert(0, {"role": "system", "content": source.system_prompt})
-            out.append((item.where, record))
+            out.append((item.where, add_system_prompt(convert(item.data), source.system_prompt)))
         except (RowError, DataError) as exc:
             handle_bad_row(exc, item, source, on_error, stats)
     return out

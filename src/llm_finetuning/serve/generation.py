@@ -51,7 +51,10 @@ def _render(tokenizer: PreTrainedTokenizerBase, prompt: str | Messages) -> str:
     return "\n".join(m["content"] for m in messages)
 
 
-def _settings(tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+def generation_settings(
+    tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, temperature: float, top_p: float
+) -> dict:
+    """`generate` keyword arguments: greedy when temperature is 0, else sampling with temperature and top_p."""
     sampling = temperature > 0
     settings: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
@@ -80,7 +83,7 @@ def generate(
     for start in range(0, len(prompts), batch_size):
         texts = [_render(tokenizer, p) for p in prompts[start : start + batch_size]]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        tokens = model.generate(**inputs, **_settings(tokenizer, max_new_tokens, temperature, top_p))
+        tokens = model.generate(**inputs, **generation_settings(tokenizer, max_new_tokens, temperature, top_p))
         new = tokens[:, inputs["input_ids"].shape[1] :]
         outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return outputs
@@ -98,7 +101,7 @@ def stream_chat(
     text = _render(tokenizer, messages)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    settings = {**inputs, **_settings(tokenizer, max_new_tokens, temperature, top_p), "streamer": streamer}
+    settings = {**inputs, **generation_settings(tokenizer, max_new_tokens, temperature, top_p), "streamer": streamer}
     worker = Thread(target=lambda: model.generate(**settings), daemon=True)
     worker.start()
     yield from streamer

@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
 
 from llm_finetuning.errors import UserError
+from llm_finetuning.serve.generation import generation_settings
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +90,7 @@ class Engine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _settings(self, max_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
-        settings: dict[str, Any] = {
-            "max_new_tokens": max_tokens,
-            "do_sample": temperature > 0,
-            "eos_token_id": self.tokenizer.eos_token_id,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if temperature > 0:
-            settings.update(temperature=temperature, top_p=top_p)
-        return settings
+        return generation_settings(self.tokenizer, max_tokens, temperature, top_p)
 
     @torch.no_grad()
     def complete(self, text: str, max_tokens: int, temperature: float, top_p: float, stops: list[str]) -> dict:
@@ -180,6 +173,13 @@ def make_handler(engine: Engine, api_key: str | None, limits: ServerLimits) -> t
         def _body(self) -> dict[str, Any]:
             length = int(self.headers.get("Content-Length") or 0)
             if length > limits.max_body_bytes:
+                # Read (and drop) what the client is sending, up to a bound, so it receives the 413 instead of a
+                # broken pipe; past the bound the connection is closed.
+                remaining = min(length, 16 * limits.max_body_bytes)
+                while remaining > 0:
+                    chunk = self.rfile.read(min(remaining, 1 << 16))
+                    remaining = remaining - len(chunk) if chunk else 0
+                self.close_connection = length > 16 * limits.max_body_bytes
                 raise RequestError(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {limits.max_body_bytes} bytes"
                 )
