@@ -99,5 +99,5 @@ def test_export_hf_writes_merged_weights_tokenizer_and_a_model_card(tmp_path, wr
     assert "train_loss:" in card and "transformers" in card
     again = CliRunner().invoke(app, ["export", str(run), "--output", str(hf)])
     assert again.exit_code == 2 and "not empty" in again.output
-    gguf = CliRunner().invoke(app, ["export", str(run), "--format", "gguf"])
-    assert gguf.exit_code == 2 and "only `hf`" in gguf.output
+    unknown = CliRunner().invoke(app, ["export", str(run), "--format", "onnx"])
+    assert unknown.exit_code == 2 and "choose one of hf, gguf, ollama" in unknown.output
