@@ -143,6 +143,9 @@ def _load_base(
     model = load_model(config.model.model_copy(update={"quantization": "none"}), tokenizer)
     model.save_pretrained(run.base)
     tokenizer.save_pretrained(run.base)
+    model.config._name_or_path = str(
+        run.base.resolve()
+    )  # where trainers that reload the start (GRPO's reference) find it
     if config.model.quantization != "none" or head != "causal_lm":
         model = load_model(config.model.model_copy(update={"name": str(run.base)}), tokenizer, head)
     return model, str(run.base.resolve())

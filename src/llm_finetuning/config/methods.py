@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from llm_finetuning.config.base import Section
+from llm_finetuning.config.grpo import GRPOMethod
 from llm_finetuning.config.ppo import PPOOptions
 
 
@@ -126,8 +127,9 @@ METHODS: tuple[type[Section], ...] = (
     ORPOMethod,
     KTOMethod,
     PPOMethod,
+    GRPOMethod,
 )
 MethodConfig = Annotated[
-    SFTMethod | PretrainMethod | RewardMethod | DPOMethod | ORPOMethod | KTOMethod | PPOMethod,
+    SFTMethod | PretrainMethod | RewardMethod | DPOMethod | ORPOMethod | KTOMethod | PPOMethod | GRPOMethod,
     Field(discriminator="name"),
 ]

@@ -331,6 +331,20 @@ class Config(Section):
                 "`data.packing: true` has no effect with `method.name: pretrain`, whose text is already cut into "
                 "full blocks. Remove one"
             )
+        if self.method.name == "grpo" and "lm_head" in (getattr(self.adapter, "target_modules", None) or []):
+            raise ValueError(
+                "`adapter.target_modules` includes `lm_head`, which GRPO cannot train through an adapter (TRL "
+                "computes log-probabilities from the head's base weight). Remove it, or add `lm_head` to "
+                "`adapter.modules_to_save`"
+            )
+        if self.method.name == "grpo":
+            completions = self.training.per_device_batch_size * self.training.gradient_accumulation_steps
+            if completions % self.method.num_generations:
+                raise ValueError(
+                    f"`training.per_device_batch_size` x `training.gradient_accumulation_steps` = {completions} "
+                    f"completions per step is not a multiple of `method.num_generations: "
+                    f"{self.method.num_generations}`; GRPO scores completions in whole groups. Change one of them"
+                )
         return self
 
     @field_validator("adapter", "method", mode="before")

@@ -225,14 +225,17 @@ def prepare_data(
 
 
 def _report(name: str, stats: SplitStats, max_length: int) -> None:
-    logger.info(
-        "%s data: %d rows -> %d examples, %d tokens (%d with loss)",
-        name,
-        stats.rows,
-        stats.examples,
-        stats.tokens,
-        stats.completion_tokens,
-    )
+    if stats.tokens:
+        logger.info(
+            "%s data: %d rows -> %d examples, %d tokens (%d with loss)",
+            name,
+            stats.rows,
+            stats.examples,
+            stats.tokens,
+            stats.completion_tokens,
+        )
+    else:  # records tokenized later by the trainer
+        logger.info("%s data: %d rows -> %d examples", name, stats.rows, stats.examples)
     if stats.skipped_bad_rows:
         logger.warning(
             "%s data: skipped %d malformed rows, e.g. %s",
@@ -240,7 +243,15 @@ def _report(name: str, stats: SplitStats, max_length: int) -> None:
             stats.skipped_bad_rows,
             stats.bad_rows[0] if stats.bad_rows else "",
         )
-    if stats.truncated:
+    if stats.truncated and stats.truncated == stats.dropped_no_completion_after_truncation:
+        logger.warning(
+            "%s data: %d examples were longer than the limit of %d tokens and were dropped. Raise the limit "
+            "(data.max_length, or method.max_prompt_length for GRPO) to keep them.",
+            name,
+            stats.truncated,
+            max_length,
+        )
+    elif stats.truncated:
         logger.warning(
             "%s data: %d examples were longer than data.max_length=%d and were cut at the end; %d of them lost "
             "their whole completion and were dropped. Raise data.max_length to keep them whole.",
@@ -269,6 +280,13 @@ def fit_lengths(
     kept = []
     for where, record in rows:
         responses = [record[k] for k in ("chosen", "rejected", "completion") if k in record]
+        if not responses:  # prompt_only: the prompt (with the generation prompt) must fit on its own
+            if _token_count(tokenizer, record["prompt"], generation_prompt=True) > max_length:
+                stats.truncated += 1
+                stats.dropped_no_completion_after_truncation += 1
+            else:
+                kept.append((where, record))
+            continue
         longest = max(_token_count(tokenizer, record["prompt"] + r) for r in responses)
         if longest > max_length:
             stats.truncated += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from llm_finetuning.methods import preference, pretrain, rlhf, sft
+from llm_finetuning.methods import grpo, preference, pretrain, rlhf, sft
 
 
 @dataclass(frozen=True)
@@ -33,4 +33,5 @@ METHODS: dict[str, Method] = {
     "orpo": Method(preference),
     "kto": Method(preference),
     "ppo": Method(rlhf),
+    "grpo": Method(grpo),
 }

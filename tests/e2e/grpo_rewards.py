@@ -1,0 +1,36 @@
+"""Own reward functions for the GRPO tests (imported by `method.rewards[].function`)."""
+
+from __future__ import annotations
+
+from llm_finetuning.rewards.base import completion_text
+
+
+def digit_share(completions: list, **columns: object) -> list[float]:
+    """The fraction of completion characters that are ASCII digits: varies across a random model's samples."""
+    texts = [completion_text(c) for c in completions]
+    return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]
+
+
+def needs_answer(completions: list, answer: list) -> list[float]:
+    """No `**kwargs`: TRL would also pass `prompts`, `completion_ids` and the other columns."""
+    return [0.0 for _ in completions]
+
+
+def wrong_length(completions: list, **columns: object) -> list[float]:
+    return [1.0]
+
+
+def not_finite(completions: list, **columns: object) -> list[float]:
+    return [float("nan") for _ in completions]
+
+
+def returns_none(completions: list, **columns: object) -> list:
+    return [None for _ in completions]
+
+
+def raises(completions: list, **columns: object) -> list[float]:
+    raise KeyError("gold")
+
+
+def needs_missing_column(completions: list, solution: list, **columns: object) -> list[float]:
+    return [0.0 for _ in completions]
