@@ -14,7 +14,7 @@ from llm_finetuning.cli import (
     merge_cmd,
     merge_models_cmd,
     quickstart_cmd,
-    reward_cmd,
+    rewards_cmd,
     serve_cmd,
     train_cmd,
 )
@@ -37,7 +37,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
-app.add_typer(reward_cmd.app, name="reward")
+app.add_typer(rewards_cmd.app, name="rewards")
 
 
 def _version(value: bool) -> None:
