@@ -34,3 +34,8 @@ def raises(completions: list, **columns: object) -> list[float]:
 
 def needs_missing_column(completions: list, solution: list, **columns: object) -> list[float]:
     return [0.0 for _ in completions]
+
+
+def states_answer(completions: list, answer: list, **columns: object) -> list[float]:
+    """1.0 when the reference answer appears inside the completion's answer tags."""
+    return [float(f"<answer>\n{a}\n</answer>" in completion_text(c)) for c, a in zip(completions, answer, strict=True)]
