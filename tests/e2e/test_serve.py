@@ -137,3 +137,17 @@ def test_concurrent_requests_are_all_answered_correctly(served):
 def test_binding_beyond_loopback_needs_a_key(served):
     with pytest.raises(UserError, match="needs an API key"):
         create_server(Engine(served["model"], served["tokenizer"], "m"), "0.0.0.0", 0, None)
+
+
+def test_logs_hold_neither_the_api_key_nor_request_bodies(served, caplog):
+    secret_text = "my-private-prompt-4242"
+    with caplog.at_level("DEBUG"):
+        served["client"].chat.completions.create(
+            model="tiny-run", messages=[{"role": "user", "content": secret_text}], max_tokens=2, temperature=0
+        )
+        wrong = openai.OpenAI(base_url=served["base"], api_key="wrong-key-777", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+    logged = caplog.text
+    assert "POST /v1/chat/completions" in logged  # requests are logged...
+    assert KEY not in logged and "wrong-key-777" not in logged and secret_text not in logged  # ...not their secrets
