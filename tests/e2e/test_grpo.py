@@ -132,3 +132,39 @@ def test_prompts_longer_than_the_limit_are_dropped_and_counted(tmp_path, write_j
     run = train(Config.model_validate(raw)).run.root
     stats = json.loads((run / "manifest.json").read_text())["data"]["stats"]["train"]
     assert stats["rows"] == 9 and stats["examples"] == 8 and stats["dropped_no_completion_after_truncation"] == 1
+
+
+MATH_REWARDS = ["answer_correctness", "reasoning_tags", "step_format", "multiline_compliance", "response_structure"]
+
+
+def test_grpo_on_real_gsm8k_prompts_with_the_five_math_rewards(tmp_path):
+    from tests.conftest import shared
+
+    source = {
+        "dataset": "gsm8k",
+        "path": str(shared("gsm8k/train.jsonl")),
+        "max_samples": 8,
+        "system_prompt": "Answer as <reasoning>...</reasoning> then <answer>...</answer>.",
+    }
+    raw = tiny_config(
+        tmp_path / "unused",
+        tmp_path / "run",
+        data={"train": source, "max_length": 1024},
+        method={
+            "name": "grpo",
+            "num_generations": 4,
+            "max_completion_length": 8,
+            "rewards": [{"name": name} for name in MATH_REWARDS],
+        },
+    )
+    raw["training"] = {**raw["training"], "max_steps": 2, "per_device_batch_size": 4}
+    result = train(Config.model_validate(raw))
+    assert result.status == "completed"
+    logged = [row for row in metrics(result.run.root) if "reward" in row]
+    assert len(logged) == 2
+    for row in logged:
+        for name in MATH_REWARDS:
+            assert f"rewards/{name}/mean" in row
+        # 8 random bytes hold neither `<answer>` nor `####`: "no answer" scores 0.0.
+        assert row["rewards/answer_correctness/mean"] == 0.0
+        assert 0.0 <= row["reward"] <= 2.0  # the four format rewards give at most 0.5 each

@@ -68,3 +68,52 @@ def test_errors_name_the_row_or_the_key(tmp_path, write_yaml, write_jsonl):
     sft = write_yaml({"data": {"train": {"path": "x.jsonl"}}}, "sft.yaml")
     result = CliRunner().invoke(app, ["rewards", "score", str(sft), "--completions", str(bad)])
     assert result.exit_code == 2
+
+
+def test_every_gsm8k_training_answer_rendered_with_tags_earns_the_top_correctness_score(tmp_path, write_yaml):
+    from tests.conftest import shared
+
+    rows = [json.loads(line) for line in shared("gsm8k/train.jsonl").read_text().splitlines()]
+    assert len(rows) == 7473
+
+    def rendered(solution: str, answer: str) -> str:
+        reasoning = solution.rsplit("####", 1)[0].strip()
+        return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{answer}\n</answer>"
+
+    gold = [
+        {"completion": rendered(r["answer"], r["answer"].rsplit("####", 1)[1].strip()), "answer": r["answer"]}
+        for r in rows
+    ]
+    # Perturbed: the final number plus one, which is never the gold answer.
+    worse = [
+        {
+            "completion": rendered(
+                r["answer"], str(int(r["answer"].rsplit("####", 1)[1].strip().replace(",", "")) + 1)
+            ),
+            "answer": r["answer"],
+        }
+        for r in rows
+    ]
+    config = write_yaml(
+        {
+            "model": {"name": "tiny"},
+            "data": {"train": {"dataset": "gsm8k", "path": str(shared("gsm8k/train.jsonl"))}},
+            "method": {"name": "grpo", "num_generations": 2, "rewards": [{"name": "answer_correctness"}]},
+            "training": {"per_device_batch_size": 2},
+        }
+    )
+    for name, completions in (("gold", gold), ("worse", worse)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in completions))
+        out = tmp_path / f"{name}.scores.jsonl"
+        result = CliRunner().invoke(
+            app, ["rewards", "score", str(config), "--completions", str(path), "--output", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        scores = [json.loads(line)["rewards"]["answer_correctness"] for line in out.read_text().splitlines()]
+        assert len(scores) == 7473
+        if name == "gold":
+            assert set(scores) == {3.0} and "100.0%" in result.output
+            best = scores
+        else:
+            assert all(w < b for w, b in zip(scores, best, strict=True))

@@ -18,7 +18,10 @@ def list_rewards() -> None:
     """Every reward of the library: kind, reference columns, default weight and top value."""
     from llm_finetuning.rewards.registry import registry
 
-    table = Table("name", "kind", "reads", "weight", "max", "description", show_lines=False)
+    table = Table()
+    for column in ("name", "kind", "reads", "weight", "max"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description", ratio=1)
     for spec in sorted(registry().values(), key=lambda s: (s.kind, s.name)):
         table.add_row(
             spec.name,
