@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from llm_finetuning.errors import UserError
 
@@ -49,3 +50,19 @@ def user_errors(func: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def masked_text(encoded: Any, tokenizer: Any) -> Text:
+    """An encoded example as text, the tokens that carry loss in bold green and the rest dimmed."""
+    text = Text()
+    # Decode runs of equally-masked tokens together, so multi-byte characters stay whole.
+    run: list[int] = []
+    trained = None
+    for token, label in [*zip(encoded.input_ids, encoded.labels, strict=True), (None, None)]:
+        is_trained = label is not None and label != -100
+        if run and (token is None or is_trained != trained):
+            text.append(tokenizer.decode(run), style="bold green" if trained else "dim")
+            run = []
+        run.append(token)
+        trained = is_trained
+    return text

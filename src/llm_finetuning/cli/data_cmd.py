@@ -5,9 +5,8 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-from llm_finetuning.cli.common import console, user_errors
+from llm_finetuning.cli.common import console, masked_text, user_errors
 
 app = typer.Typer(help="Inspect, convert and clean data.", no_args_is_help=True)
 
@@ -64,17 +63,7 @@ def inspect(
         )
     if report.example is not None:
         console.print("\nexample ([green]green[/] tokens carry loss):")
-        text = Text()
-        # Decode runs of equally-masked tokens together, so multi-byte characters stay whole.
-        run: list[int] = []
-        trained = None
-        for token, label in [*zip(report.example.input_ids, report.example.labels, strict=True), (None, None)]:
-            is_trained = label is not None and label != -100
-            if run and (token is None or is_trained != trained):
-                text.append(tok.decode(run), style="bold green" if trained else "dim")
-                run = []
-            run.append(token)
-            trained = is_trained
+        text = masked_text(report.example, tok)
         console.print(text)
 
 

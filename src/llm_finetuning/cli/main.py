@@ -6,6 +6,7 @@ import typer
 
 from llm_finetuning import __version__
 from llm_finetuning.cli import (
+    check_cmd,
     config_cmd,
     data_cmd,
     env_cmd,
@@ -27,6 +28,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.command("train", epilog=config_cmd.schema_epilog())(train_cmd.train)
+app.command("check")(check_cmd.check)
 app.command("env")(env_cmd.env)
 app.command("merge")(merge_cmd.merge)
 app.command("merge-models")(merge_models_cmd.merge_models_cmd)

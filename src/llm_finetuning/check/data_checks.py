@@ -1,0 +1,177 @@
+"""Checks on a sample of every data source: bad rows, lengths against `data.max_length`, EOS closing every
+completion, KTO label balance, and evaluation rows that also appear in training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from llm_finetuning.check.report import CheckReport, SourceSample
+from llm_finetuning.config.schema import Config, DataSource
+from llm_finetuning.data.pipeline import SplitStats, load_records
+from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, RowError, encode
+from llm_finetuning.errors import UserError
+
+# The record kind each method trains on.
+METHOD_KIND = {
+    "sft": "messages",
+    "pretrain": "text",
+    "reward": "preference",
+    "dpo": "preference",
+    "orpo": "preference",
+    "kto": "unpaired",
+    "ppo": "prompt_only",
+    "grpo": "prompt_only",
+}
+PREVIEW = 3  # encoded examples kept for the masked preview
+KTO_BALANCE = (0.75, 1.6)  # desirable : undesirable after weights; the KTO paper recommends 1 to 4/3
+
+
+def sample_sources(
+    config: Config, tokenizer: PreTrainedTokenizerBase, report: CheckReport, rows: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Read up to `rows` rows of every source, record what they show, and return the records by split."""
+    kind = METHOD_KIND[config.method.name]
+    records: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+    splits = [("train", source) for source in config.data.train] + [("eval", s) for s in config.data.eval]
+    for split, source in splits:
+        sample = SourceSample(source.label, split)
+        report.sources.append(sample)
+        try:
+            loaded = _read(source, kind, rows, sample)
+        except UserError as exc:
+            report.add("error", f"data.{split} {source.label}", str(exc))
+            continue
+        if sample.bad_rows:
+            level = "error" if config.data.on_error == "fail" else "warning"
+            what = "training would stop at the first" if level == "error" else "they will be skipped and counted"
+            report.add(
+                level,
+                f"data.{split} {source.label}",
+                f"{len(sample.bad_rows)} of {sample.rows} sampled rows are malformed ({what}), e.g. "
+                f"{sample.bad_rows[0]}",
+            )
+        records[split].extend(record for _, record in loaded)
+        _measure(config, tokenizer, [r for _, r in loaded], sample, report)
+    _check_kto_balance(config, records["train"], report)
+    _check_overlap(records, report)
+    return records
+
+
+def _read(source: DataSource, kind: str, rows: int, sample: SourceSample) -> list[tuple[str, dict[str, Any]]]:
+    stats = SplitStats()
+    limited = source.model_copy(update={"max_samples": min(rows, source.max_samples or rows)})
+    loaded = load_records(limited, "skip", stats, kind)
+    sample.rows = stats.rows
+    sample.bad_rows = list(stats.bad_rows)
+    return loaded
+
+
+def _measure(
+    config: Config, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, Any]], sample: SourceSample, report
+) -> None:
+    where = f"data.{sample.split} {sample.label}"
+    if "messages" in (records[0] if records else {}):
+        train_on_prompt = getattr(config.method, "train_on_prompt", False)
+        missing_eos = 0
+        for record in records:
+            try:
+                encoded = encode(tokenizer, record["messages"], train_on_prompt)
+            except RowError as exc:
+                sample.bad_rows.append(str(exc))
+                continue
+            sample.lengths.append(len(encoded.input_ids))
+            if len(sample.examples) < PREVIEW:
+                sample.examples.append(encoded)
+            missing_eos += not _completions_end_with_eos(encoded, tokenizer.eos_token_id)
+        if missing_eos:
+            report.add(
+                "error",
+                where,
+                f"{missing_eos} sampled examples have a completion that does not end with the EOS token "
+                f"{tokenizer.eos_token!r}: the model would not learn to stop. Use a chat template that closes "
+                "assistant turns with EOS (or a built-in one: `data.chat_template: chatml`).",
+            )
+    else:
+        for record in records:
+            sample.lengths.append(_record_length(tokenizer, record))
+    if sample.lengths:
+        limit = report.max_length
+        over = sum(length > limit for length in sample.lengths)
+        if over:
+            share = over / len(sample.lengths)
+            report.add(
+                "warning" if share > 0.05 else "info",
+                where,
+                f"{over} of {len(sample.lengths)} sampled examples ({share:.0%}) are longer than "
+                f"the limit of {limit} tokens (longest {max(sample.lengths)}) and will be cut or dropped. Raise "
+                "`data.max_length` (GRPO: `method.max_prompt_length`) to keep them.",
+            )
+
+
+def _completions_end_with_eos(encoded: Encoded, eos: int) -> bool:
+    """Every run of loss-carrying tokens ends with EOS (the token that teaches the model to stop)."""
+    labels = encoded.labels
+    ends = [
+        i
+        for i, label in enumerate(labels)
+        if label != IGNORE_INDEX and (i + 1 == len(labels) or labels[i + 1] == IGNORE_INDEX)
+    ]
+    return bool(ends) and all(labels[i] == eos for i in ends)
+
+
+def _record_length(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any]) -> int:
+    if "text" in record:
+        return len(tokenizer(record["text"], add_special_tokens=False)["input_ids"])
+    responses = [record[k] for k in ("chosen", "rejected", "completion") if k in record] or [[]]
+    lengths = []
+    for response in responses:
+        messages = [{"role": m["role"], "content": m["content"]} for m in record["prompt"] + response]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not response)
+        lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return max(lengths)
+
+
+def _check_kto_balance(config: Config, records: list[dict[str, Any]], report: CheckReport) -> None:
+    if config.method.name != "kto" or not records:
+        return
+    desirable = sum(bool(r["label"]) for r in records)
+    undesirable = len(records) - desirable
+    if not desirable or not undesirable:
+        which = "undesirable" if desirable else "desirable"
+        report.add("error", "data.train", f"the sampled KTO rows have no {which} example; KTO needs both labels.")
+        return
+    method = config.method
+    ratio = (method.desirable_weight * desirable) / (method.undesirable_weight * undesirable)
+    low, high = KTO_BALANCE
+    if not low <= ratio <= high:
+        suggested = undesirable / desirable * method.undesirable_weight
+        report.add(
+            "warning",
+            "method.desirable_weight",
+            f"{desirable} desirable vs {undesirable} undesirable sampled rows: weighted ratio {ratio:.2f}, outside "
+            f"{low}-{high} (the KTO paper recommends 1 to 4/3). Set `method.desirable_weight: {suggested:.2f}` "
+            "(or adjust `method.undesirable_weight`).",
+        )
+
+
+def _fingerprint(record: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _check_overlap(records: dict[str, list[dict[str, Any]]], report: CheckReport) -> None:
+    if not records["eval"]:
+        return
+    train = {_fingerprint(r) for r in records["train"]}
+    shared = sum(_fingerprint(r) in train for r in records["eval"])
+    if shared:
+        report.add(
+            "warning",
+            "data.eval",
+            f"{shared} of {len(records['eval'])} sampled evaluation rows also appear in the training data: the "
+            "evaluation would flatter the model. Remove them (`data.clean` with decontamination against the "
+            "evaluation set does it).",
+        )

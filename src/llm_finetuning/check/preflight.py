@@ -1,0 +1,66 @@
+"""`llmft check CONFIG`: every pre-flight check in order; the CLI renders the report."""
+
+from __future__ import annotations
+
+import logging
+
+from llm_finetuning.check.config_checks import check_learning_rate
+from llm_finetuning.check.data_checks import sample_sources
+from llm_finetuning.check.report import CheckReport
+from llm_finetuning.config.schema import Config
+from llm_finetuning.errors import UserError
+
+logger = logging.getLogger(__name__)
+SAMPLE_ROWS = 200
+REWARD_SAMPLE = 4
+
+
+def run_checks(config: Config, rows: int = SAMPLE_ROWS) -> CheckReport:
+    """Check `config` on a sample of `rows` rows per data source; nothing is trained or written."""
+    from llm_finetuning.methods import METHODS
+    from llm_finetuning.models.loading import load_tokenizer, prepare_tokenizer
+
+    # GRPO and PPO measure prompts alone; GRPO's own prompt limit applies when set.
+    limit = getattr(config.method, "max_prompt_length", None) or config.data.max_length
+    report = CheckReport(max_length=limit)
+    check_learning_rate(config, report)
+    method = METHODS[config.method.name]
+    try:
+        tokenizer = load_tokenizer(config.model)
+    except UserError as exc:
+        report.add("error", "model.name", str(exc))
+        return report
+    had_template = bool(tokenizer.chat_template)
+    try:
+        changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.needs_chat_template)
+    except UserError as exc:
+        report.add("error", "data.chat_template", str(exc))
+        return report
+    if method.needs_chat_template and not had_template and config.model.name != "tiny":
+        report.add(
+            "warning",
+            "model.name",
+            f"`{config.model.name}` has no chat template (a base model): `data.chat_template` installs one whose "
+            f"special tokens{' ' + ', '.join(changes.added_tokens) if changes.added_tokens else ''} the model has "
+            "never seen. That works, but an instruct model of the same family learns the format far faster.",
+        )
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        report.add("error", "tokenizer", "the pad token is the EOS token: EOS would be masked out with the padding.")
+    for note in changes.notes:
+        report.add("info", "tokenizer", note)
+    report.tokenizer = tokenizer
+    records = sample_sources(config, tokenizer, report, rows)
+    if config.method.name == "grpo" and records["train"]:
+        _check_rewards(config, records["train"][:REWARD_SAMPLE], report)
+    return report
+
+
+def _check_rewards(config: Config, rows: list[dict], report: CheckReport) -> None:
+    from llm_finetuning.methods.grpo import rewards
+
+    try:
+        checked = rewards(config, rows)
+    except UserError as exc:
+        report.add("error", "method.rewards", str(exc))
+        return
+    report.add("info", "method.rewards", f"{len(checked)} rewards return one finite float per sample completion")

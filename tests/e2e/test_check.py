@@ -1,0 +1,161 @@
+"""`llmft check`: each error and warning path, on small configs and real tokenizers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from llm_finetuning.check.data_checks import _completions_end_with_eos
+from llm_finetuning.check.preflight import run_checks
+from llm_finetuning.cli.main import app
+from llm_finetuning.config import Config
+from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded
+from tests.conftest import shared, tiny_config
+
+pytestmark = pytest.mark.e2e
+OWN = "tests.e2e.grpo_rewards"
+
+
+def findings(report, level):
+    return [f"{f.where}: {f.message}" for f in report.by_level(level)]
+
+
+def config(tmp_path, data_path, model=None, **sections):
+    raw = tiny_config(data_path, tmp_path / "run", **sections)
+    raw["model"] = model or raw["model"]  # replaced whole: `tiny` shapes belong to `name: tiny` only
+    return Config.model_validate(raw)
+
+
+def test_a_sound_config_passes_and_shows_masked_examples(tmp_path, write_jsonl, write_yaml, qa_rows):
+    path = write_yaml(tiny_config(write_jsonl(qa_rows), tmp_path / "run", training={"learning_rate": 2e-4}))
+    result = CliRunner().invoke(app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "20 rows sampled, 0 malformed" in result.output and "example 1" in result.output
+    assert "passed: 0 errors, 0 warnings" in result.output
+    assert not (tmp_path / "run").exists()  # nothing is written
+
+
+def test_bad_rows_are_errors_when_training_would_stop_and_warnings_when_skipped(
+    tmp_path, write_jsonl, write_yaml, qa_rows
+):
+    data = write_jsonl([*qa_rows, {"prompt": "no completion"}])
+    strict = config(tmp_path, data)
+    assert any(
+        "1 of 21 sampled rows are malformed (training would stop" in f for f in findings(run_checks(strict), "error")
+    )
+    lenient = config(tmp_path, data, data={"on_error": "skip"})
+    report = run_checks(lenient)
+    assert report.ok and any("data.jsonl:21" in f for f in findings(report, "warning"))
+    path = write_yaml(tiny_config(data, tmp_path / "run"))
+    assert CliRunner().invoke(app, ["check", str(path)]).exit_code == 1
+
+
+def test_examples_over_max_length_are_counted(tmp_path, write_jsonl, qa_rows):
+    report = run_checks(config(tmp_path, write_jsonl(qa_rows), data={"max_length": 24}))
+    warning = [f for f in findings(report, "warning") if "longer than the limit of 24 tokens" in f]
+    lengths = report.sources[0].lengths
+    over = sum(length > 24 for length in lengths)
+    assert warning and f"{over} of {len(lengths)} sampled examples" in warning[0]
+
+
+def test_completion_spans_must_end_with_eos():
+    eos = 9
+    ignore = IGNORE_INDEX
+    good = Encoded([1, 2, 3, eos, 4, 5, eos], [ignore, 2, 3, eos, ignore, 5, eos], "")
+    missing = Encoded([1, 2, 3, eos, 4, 5, 6], [ignore, 2, 3, eos, ignore, 5, 6], "")
+    assert _completions_end_with_eos(good, eos) and not _completions_end_with_eos(missing, eos)
+    assert not _completions_end_with_eos(Encoded([1], [ignore], ""), eos)  # nothing trained at all
+
+
+@pytest.mark.parametrize(
+    ("rate", "adapter", "expected"),
+    [
+        (1e-2, {"method": "full"}, "above the usual range for `sft` with `full`"),
+        (1e-7, {"method": "lora", "r": 4}, "below the usual range for `sft` with `lora`"),
+        (1e-5, {"method": "prompt", "num_virtual_tokens": 4}, "below the usual range for `sft` with `prompt`"),
+    ],
+)
+def test_learning_rates_far_from_the_usual_range_are_warned(tmp_path, write_jsonl, qa_rows, rate, adapter, expected):
+    report = run_checks(config(tmp_path, write_jsonl(qa_rows), adapter=adapter, training={"learning_rate": rate}), 4)
+    assert any(expected in f for f in findings(report, "warning"))
+
+
+def test_a_base_model_without_chat_template(tmp_path, write_jsonl, qa_rows):
+    gpt2 = str(shared("tokenizers/gpt2"))
+    model = {"name": gpt2}
+    with_template = config(tmp_path, write_jsonl(qa_rows), model=model, data={"chat_template": "chatml"})
+    report = run_checks(with_template, 4)
+    assert any("has no chat template (a base model)" in f and "<|im_start|>" in f for f in findings(report, "warning"))
+    without = config(tmp_path, write_jsonl(qa_rows), model=model)
+    assert any("no chat template" in f for f in findings(run_checks(without, 4), "error"))
+
+
+def test_kto_label_imbalance_and_missing_labels(tmp_path, write_jsonl):
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}", "label": i < 9} for i in range(10)]
+    kto = {"name": "kto"}
+    report = run_checks(
+        config(
+            tmp_path,
+            write_jsonl(rows),
+            data={"train": {"path": str(write_jsonl(rows)), "format": "unpaired"}},
+            method=kto,
+        )
+    )
+    warning = [f for f in findings(report, "warning") if "9 desirable vs 1 undesirable" in f]
+    assert warning and "weighted ratio 9.00" in warning[0] and "desirable_weight: 0.11" in warning[0]
+    only_good = [dict(r, label=True) for r in rows]
+    path = write_jsonl(only_good, "good.jsonl")
+    report = run_checks(config(tmp_path, path, data={"train": {"path": str(path), "format": "unpaired"}}, method=kto))
+    assert any("no undesirable example" in f for f in findings(report, "error"))
+
+
+def test_eval_rows_that_are_also_training_rows(tmp_path, write_jsonl, qa_rows):
+    evaluation = write_jsonl(qa_rows[:3] + [{"prompt": "new", "completion": "row"}], "eval.jsonl")
+    eval_source = {"path": str(evaluation), "format": "prompt_completion"}
+    report = run_checks(config(tmp_path, write_jsonl(qa_rows), data={"eval": eval_source}), 50)
+    assert any(
+        "3 of 4 sampled evaluation rows also appear in the training data" in f for f in findings(report, "warning")
+    )
+
+
+def test_broken_rewards_fail_the_check(tmp_path, write_jsonl):
+    rows = [{"prompt": f"{i}+1?", "answer": str(i + 1)} for i in range(4)]
+    data = {"train": {"path": str(write_jsonl(rows)), "format": "prompt_only"}}
+    method = {"name": "grpo", "num_generations": 4, "rewards": [{"name": "bad", "function": f"{OWN}:not_finite"}]}
+    report = run_checks(config(tmp_path, write_jsonl(rows), data=data, method=method))
+    assert any("reward `bad`: returned nan" in f for f in findings(report, "error"))
+    method["rewards"] = [{"name": "answer_correctness"}]
+    report = run_checks(config(tmp_path, write_jsonl(rows), data=data, method=method, training={"learning_rate": 1e-5}))
+    assert report.ok, report.findings
+
+
+def test_a_model_that_cannot_be_found(tmp_path, write_jsonl, qa_rows):
+    report = run_checks(config(tmp_path, write_jsonl(qa_rows), model={"name": str(tmp_path / "missing")}))
+    assert findings(report, "error") and findings(report, "error")[0].startswith("model.name")
+
+
+def test_config_errors_exit_2_without_traceback(write_yaml):
+    path = write_yaml({"data": {"train": {"path": "x.jsonl"}}, "trainig": {}})
+    result = CliRunner().invoke(app, ["check", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "training" in result.output
+
+
+def test_pad_equal_to_eos_is_an_error(tmp_path, write_jsonl, qa_rows, monkeypatch):
+    import llm_finetuning.models.loading as loading
+    from llm_finetuning.models.loading import TokenizerChanges
+
+    def keep_pad_as_eos(tokenizer, *args, **kwargs):
+        tokenizer.pad_token = tokenizer.eos_token
+        return TokenizerChanges()
+
+    monkeypatch.setattr(loading, "prepare_tokenizer", keep_pad_as_eos)
+    report = run_checks(config(tmp_path, write_jsonl(qa_rows)), 4)
+    assert any("the pad token is the EOS token" in f for f in findings(report, "error"))
+
+
+def test_findings_serialise_to_json(tmp_path, write_jsonl, qa_rows):
+    # The report is plain data: it can be serialised for CI dashboards.
+    report = run_checks(config(tmp_path, write_jsonl(qa_rows)), 4)
+    assert json.dumps([f.__dict__ for f in report.findings])
