@@ -15,6 +15,7 @@ from llm_finetuning.cli import (
     merge_cmd,
     merge_models_cmd,
     quickstart_cmd,
+    recipes_cmd,
     rewards_cmd,
     serve_cmd,
     train_cmd,
@@ -40,6 +41,7 @@ app.command("quickstart")(quickstart_cmd.quickstart)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(rewards_cmd.app, name="rewards")
+app.add_typer(recipes_cmd.app, name="recipes")
 
 
 def _version(value: bool) -> None:

@@ -18,7 +18,9 @@ Locations = dict[KeyPath, str]
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load, merge and validate a config file; raise `ConfigError` naming the key, file and line."""
+    """Load, merge and validate a config file (or a shipped recipe, by name); raise `ConfigError` naming the key,
+    file and line."""
+    path = resolve_config_path(path)
     data, locations = load_raw(path)
     for item in overrides or []:
         apply_override(data, locations, item)
@@ -27,6 +29,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, locations)) from None
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` when it is a file, else the shipped recipe of that name (`supervised_finetuning/lora/arc`)."""
+    if Path(path).exists():
+        return Path(path)
+    from llm_finetuning.recipes.catalog import find_recipe, not_found_message
+
+    recipe = find_recipe(str(path))
+    if recipe is None:
+        raise ConfigError(not_found_message(str(path), as_file=True))
+    return recipe.path
 
 
 def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Locations]:
