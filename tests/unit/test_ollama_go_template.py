@@ -94,6 +94,7 @@ def test_variables_assignment_reaches_outside_but_declarations_end_with_their_bl
         ("{{ not 1 2 }}", "wrong number of arguments"),
         ("text {{ .X", "unclosed action"),
         ("{{ nil }}", "nil is not a command"),
+        ("{{ /* a comment must touch the delimiters */ }}", "cannot parse"),
     ],
 )
 def test_unsupported_or_failing_templates_raise(source: str, message: str) -> None:

@@ -158,8 +158,9 @@ def export_ollama(run_dir: str | Path, destination: str | Path, outtype: str = "
     if output.exists() and any(output.iterdir()):
         raise RunDirError(f"{output} exists and is not empty; choose a new export folder.")
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder(source)))
-    if tokenizer.chat_template:
-        ollama_chat(tokenizer, runtime_adds_bos=False)  # refuse an inexpressible template before converting
+    if tokenizer.chat_template:  # refuse an inexpressible template before the conversion, whatever the GGUF says
+        for adds_bos in (False, True):
+            ollama_chat(tokenizer, adds_bos)
     from llm_finetuning.export.gguf import export_gguf
 
     gguf_path = export_gguf(run_dir, destination, outtype)
