@@ -1,0 +1,309 @@
+"""Golden-set regression: prompts with the behaviour a model must keep, scored on the fine-tuned model and a
+baseline (usually the model before fine-tuning); a drop of the pass rate beyond the tolerance is a regression.
+
+The golden file is YAML (`items:` plus optional `tolerance`, `max_new_tokens`) or JSONL (one item per line).
+Each item has a `prompt` (text or chat messages) and exactly one expectation:
+- `exact`: the answer (the `<answer>` block, else the whole output) equals one of these strings after SQuAD
+  normalisation (case, punctuation, articles and spacing ignored);
+- `contains`: the output contains these strings (case-insensitive); the score is the share found;
+- `regex`: the output matches this Python regular expression (`re.search`; inline flags such as `(?i)` work);
+- `judged`: an LLM judge's score (0-1) of the answer against `reference`, with a `rubric` (`eval.judge`).
+An item passes when its score reaches its `threshold` (default 1.0; 0.5 for `judged`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from llm_finetuning.config.base import Section
+from llm_finetuning.errors import DataError, UserError
+from llm_finetuning.rewards.extract import answer_or_text, exact_match
+
+EXPECTATIONS = ("exact", "contains", "regex", "judged")
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+class JudgedExpectation(Section):
+    """What a judge compares the answer with."""
+
+    reference: str | list[str] = ""
+    """The reference answer (or any-of list); may be empty for rubrics that need none."""
+    rubric: str = "correctness"
+    """The judge rubric (`correctness`, `multihop_qa`, `medical_qa`, `summarization`, `answer_relevancy`)."""
+
+
+class GoldenItem(Section):
+    """One golden prompt and the behaviour expected of the answer."""
+
+    id: str | None = None
+    """A name shown in the diff; defaults to the item's position (`item-3`)."""
+    prompt: str | list[dict[str, str]]
+    """The user message, or a whole conversation (chat messages) to answer."""
+    exact: str | list[str] | None = None
+    contains: str | list[str] | None = None
+    regex: str | None = None
+    judged: JudgedExpectation | None = None
+    threshold: float | None = Field(None, ge=0, le=1)
+    """Lowest score that passes; default 1.0 (0.5 for `judged`)."""
+
+    @model_validator(mode="after")
+    def _one_expectation(self) -> GoldenItem:
+        given = [name for name in EXPECTATIONS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one expectation of {', '.join(EXPECTATIONS)} (got {given or 'none'})")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"`regex` is not a valid regular expression: {exc}") from None
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in EXPECTATIONS if getattr(self, name) is not None)
+
+    @property
+    def pass_threshold(self) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        return 0.5 if self.kind == "judged" else 1.0
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.prompt}] if isinstance(self.prompt, str) else self.prompt
+
+
+@dataclass
+class GoldenSet:
+    items: list[GoldenItem]
+    ids: list[str]
+    tolerance: float = 0.0
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    path: str = ""
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def load_golden(path: str | Path) -> GoldenSet:
+    """Read and validate a golden file; a bad item is reported with the file, item number and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Golden file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    settings: dict[str, Any] = {}
+    if path.suffix == ".jsonl":
+        raw = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    raw.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise DataError(f"{path}: not valid YAML ({exc})") from None
+        if isinstance(data, dict):
+            settings = {k: v for k, v in data.items() if k != "items"}
+            unknown = set(settings) - {"tolerance", "max_new_tokens"}
+            if unknown:
+                raise DataError(f"{path}: unknown key(s) {sorted(unknown)}; expected items, tolerance, max_new_tokens")
+            data = data.get("items")
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a list of items (or a mapping with `items:`)")
+        raw = data
+    items, ids = [], []
+    for number, entry in enumerate(raw, start=1):
+        try:
+            item = GoldenItem.model_validate(entry)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'item'}: {e['msg']}" for e in exc.errors())
+            raise DataError(f"{path}: item {number}: {problems}") from None
+        items.append(item)
+        ids.append(item.id or f"item-{number}")
+    if not items:
+        raise DataError(f"{path}: the golden set has no items")
+    duplicated = {i for i in ids if ids.count(i) > 1}
+    if duplicated:
+        raise DataError(f"{path}: item ids must be unique; repeated: {sorted(duplicated)}")
+    tolerance = settings.get("tolerance", 0.0)
+    max_new_tokens = settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    if not isinstance(tolerance, int | float) or not 0 <= tolerance <= 1:
+        raise DataError(f"{path}: `tolerance` must be a number between 0 and 1 (a drop of the pass rate)")
+    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise DataError(f"{path}: `max_new_tokens` must be a positive integer")
+    return GoldenSet(items, ids, float(tolerance), max_new_tokens, str(path))
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+def score_item(item: GoldenItem, output: str, judge: Any = None) -> float:
+    """The item's score in [0, 1] for one output."""
+    if item.exact is not None:
+        return exact_match(answer_or_text(output), _as_list(item.exact))
+    if item.contains is not None:
+        wanted = _as_list(item.contains)
+        lowered = output.lower()
+        return sum(1 for s in wanted if s.lower() in lowered) / len(wanted) if wanted else 1.0
+    if item.regex is not None:
+        return 1.0 if re.search(item.regex, output) else 0.0
+    from llm_finetuning.judge.rubrics import RUBRICS, JudgeItem
+    from llm_finetuning.rewards.judged import prompt_text
+
+    if judge is None:
+        raise UserError("the golden set has `judged` items: configure a judge (`eval.judge` or --judge-config)")
+    rubric = RUBRICS.get(item.judged.rubric)
+    if rubric is None:
+        raise UserError(f"golden item: unknown rubric `{item.judged.rubric}`; choose one of {', '.join(RUBRICS)}")
+    references = tuple(r for r in _as_list(item.judged.reference) if r)
+    return judge.score(rubric, JudgeItem(answer_or_text(output), references, prompt_text(item.messages)))
+
+
+@dataclass
+class ModelOutcome:
+    """One model's outputs and scores on the golden set."""
+
+    outputs: list[str]
+    scores: list[float]
+    passed: list[bool]
+
+    @property
+    def pass_rate(self) -> float:
+        return sum(self.passed) / len(self.passed)
+
+
+def score_outputs(golden: GoldenSet, outputs: list[str], judge: Any = None) -> ModelOutcome:
+    scores = [score_item(item, out, judge) for item, out in zip(golden.items, outputs, strict=True)]
+    passed = [s >= item.pass_threshold for item, s in zip(golden.items, scores, strict=True)]
+    return ModelOutcome(outputs, scores, passed)
+
+
+def run_golden(model: Any, tokenizer: Any, golden: GoldenSet, settings: Any = None, judge: Any = None, progress=None):
+    """Generate an answer to every golden prompt (greedy, batched) and score it."""
+    from llm_finetuning.evaluation.runner import EvalSettings, LogProgress, generate_all, inference_mode
+
+    settings = settings or EvalSettings()
+    progress = progress or LogProgress()
+    progress.start("golden", len(golden.items))
+    with inference_mode(model, tokenizer):
+        outputs = generate_all(
+            model, tokenizer, [item.messages for item in golden.items], settings, golden.max_new_tokens, progress
+        )
+    return score_outputs(golden, outputs, judge)
+
+
+# ----------------------------------------------------------------------------------------------- comparison
+Status = Literal["regressed", "fixed", "kept", "failing"]
+STATUSES: tuple[Status, ...] = ("regressed", "fixed", "kept", "failing")
+
+
+@dataclass
+class ItemDiff:
+    id: str
+    expect: str
+    threshold: float
+    candidate_score: float
+    candidate_pass: bool
+    candidate_output: str
+    baseline_score: float | None = None
+    baseline_pass: bool | None = None
+    baseline_output: str | None = None
+
+    @property
+    def status(self) -> Status:
+        """`regressed`: the baseline passed and the candidate fails (without a baseline: the candidate fails);
+        `fixed`: the reverse; `kept`: both pass; `failing`: both fail."""
+        before = True if self.baseline_pass is None else self.baseline_pass
+        if before and not self.candidate_pass:
+            return "regressed"
+        if not before and self.candidate_pass:
+            return "fixed"
+        return "kept" if self.candidate_pass else "failing"
+
+
+@dataclass
+class GoldenReport:
+    items: list[ItemDiff]
+    candidate_pass_rate: float
+    baseline_pass_rate: float | None
+    tolerance: float
+    candidate: str = ""
+    baseline: str | None = None
+    path: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def drop(self) -> float:
+        """How far the pass rate fell below the baseline's (1.0 - the pass rate without a baseline)."""
+        reference = 1.0 if self.baseline_pass_rate is None else self.baseline_pass_rate
+        return reference - self.candidate_pass_rate
+
+    @property
+    def regressed(self) -> bool:
+        # A tiny slack: a drop equal to the tolerance (e.g. 1 of 10 items at 0.1) is within it.
+        return self.drop > self.tolerance + 1e-9
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "golden": self.path,
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "candidate_pass_rate": self.candidate_pass_rate,
+            "baseline_pass_rate": self.baseline_pass_rate,
+            "drop": self.drop,
+            "tolerance": self.tolerance,
+            "regressed": self.regressed,
+            "counts": self.counts,
+            "items": [{**asdict(item), "status": item.status} for item in self.items],
+        }
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+
+def compare(
+    golden: GoldenSet,
+    candidate: ModelOutcome,
+    baseline: ModelOutcome | None = None,
+    tolerance: float | None = None,
+    candidate_name: str = "",
+    baseline_name: str | None = None,
+) -> GoldenReport:
+    """The per-item diff of the candidate against the baseline (or against the thresholds alone)."""
+    items = []
+    for index, (item, item_id) in enumerate(zip(golden.items, golden.ids, strict=True)):
+        diff = ItemDiff(
+            id=item_id,
+            expect=item.kind,
+            threshold=item.pass_threshold,
+            candidate_score=candidate.scores[index],
+            candidate_pass=candidate.passed[index],
+            candidate_output=candidate.outputs[index],
+        )
+        if baseline is not None:
+            diff.baseline_score = baseline.scores[index]
+            diff.baseline_pass = baseline.passed[index]
+            diff.baseline_output = baseline.outputs[index]
+        items.append(diff)
+    counts = {status: sum(1 for i in items if i.status == status) for status in STATUSES}
+    return GoldenReport(
+        items=items,
+        candidate_pass_rate=candidate.pass_rate,
+        baseline_pass_rate=None if baseline is None else baseline.pass_rate,
+        tolerance=golden.tolerance if tolerance is None else tolerance,
+        candidate=candidate_name,
+        baseline=baseline_name,
+        path=golden.path,
+        counts=counts,
+    )
