@@ -15,8 +15,6 @@ from llm_finetuning.train import train
 from tests.conftest import shared, tiny_config
 from tests.unit.test_ollama_modelfile import parse_modelfile
 
-pytest.importorskip("llm_finetuning.export.gguf", reason="the GGUF export is not in this tree yet")
-
 pytestmark = pytest.mark.e2e
 SYSTEM = "Spell the word, letter by letter."
 
