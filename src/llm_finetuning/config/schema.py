@@ -38,6 +38,7 @@ from llm_finetuning.config.methods import (  # noqa: F401  (re-exported: the sch
     SFTMethod,
 )
 from llm_finetuning.data.clean.config import CleanConfig
+from llm_finetuning.evaluation.config import EvalTaskConfig, GoldenConfig, one_or_many_tasks
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -281,6 +282,29 @@ class EvalConfig(Section):
 
     every_steps: int | None = Field(None, gt=0)
     """Compute the eval loss every N optimizer steps (and always at the end) when eval data exists."""
+    tasks: list[EvalTaskConfig] = Field(default_factory=list)
+    """Evaluation tasks run after training (results in `RUN/eval/<task>.json`, metrics in the manifest and
+    `metrics.jsonl`): names (`gsm8k_accuracy`) or mappings with options (`{name: arc_loglik, limit: 100}`).
+    `llmft eval --list` shows every task."""
+    tasks_every_steps: int | None = Field(None, gt=0)
+    """Also run `tasks` every N optimizer steps during training (results in `RUN/eval/step-N/`). Unset: only
+    after training. Generation is slow; pair it with a small `limit`."""
+    limit: int | None = Field(None, gt=0)
+    """Default number of examples per task (first N); a task's own `limit` wins. Unset: all."""
+    max_new_tokens: int | None = Field(None, gt=0)
+    """Default tokens generated per answer; a task's own `max_new_tokens` wins. Unset: each task's default."""
+    batch_size: int = Field(8, gt=0)
+    """Prompts generated (or options scored) per forward pass."""
+    seed: int = 0
+    """Seed set before each task, so results repeat (greedy decoding is deterministic anyway)."""
+    golden: GoldenConfig | None = None
+    """A golden set checked after training against the base model (or `golden.baseline`): the guard against
+    catastrophic forgetting. A regression beyond the tolerance fails the run unless `golden.fail_run: false`."""
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_names(cls, value: Any) -> Any:
+        return one_or_many_tasks(value)
 
 
 class TrackingConfig(Section):
