@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from llm_finetuning.cli.main import app
 from llm_finetuning.config import Config
+from llm_finetuning.errors import UserError
 from llm_finetuning.export.gguf import export_gguf
 from llm_finetuning.models.tiny import build_tokenizer
 from llm_finetuning.train import train
@@ -289,6 +290,18 @@ def test_bad_outtype_non_empty_destination_pickle_weights_and_non_model_folders(
 
     outcome = CliRunner().invoke(app, ["export", str(busy), "--format", "gguf", "--output", str(tmp_path / "q")])
     assert outcome.exit_code == 2 and "neither a completed run directory" in outcome.output
+
+
+def test_unknown_tensor_is_refused_and_leaves_no_destination(tiny_sources, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    extra = tmp_path / "extra"
+    shutil.copytree(tiny_sources["llama"][0], extra)
+    tensors = load_file(extra / "model.safetensors")
+    save_file({**tensors, "model.value_head.weight": torch.zeros(1, 64)}, extra / "model.safetensors")
+    with pytest.raises(UserError, match="tensor `model.value_head.weight` has no GGUF name"):
+        export_gguf(extra, tmp_path / "out", "f16")
+    assert not (tmp_path / "out").exists()
 
 
 def test_vocabulary_padding_rows_are_unused_tokens(tmp_path):

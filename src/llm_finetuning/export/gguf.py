@@ -81,7 +81,9 @@ def export_gguf(run_dir: str | Path, destination: str | Path, outtype: str = "f1
     arch = architecture(folder)
     config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     vocab = read_vocab(load_tokenizer(folder), config.vocab_size)
+    plans = plan_tensors(folder, config, arch, outtype)
 
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     path = output / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-') or 'model'}-{outtype}.gguf"
     partial = path.with_name(path.name + ".part")  # renamed when complete: no half-written .gguf is left behind
@@ -93,7 +95,6 @@ def export_gguf(run_dir: str | Path, destination: str | Path, outtype: str = "f1
         if outtype == "q8_0":
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(writer, vocab)
-        plans = plan_tensors(folder, config, arch, outtype)
         for plan in plans:
             writer.add_tensor_info(plan.name, plan.shape, np.float32, plan.nbytes, raw_dtype=plan.qtype)
         writer.write_header_to_file()
@@ -106,6 +107,8 @@ def export_gguf(run_dir: str | Path, destination: str | Path, outtype: str = "f1
     except BaseException:
         writer.close()
         partial.unlink(missing_ok=True)
+        if created and not any(output.iterdir()):
+            output.rmdir()
         raise
     counts: dict[str, int] = {}
     for plan in plans:
