@@ -15,6 +15,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from llm_finetuning.config.schema import Config
+from llm_finetuning.evaluation.callback import TaskEvalCallback
 from llm_finetuning.methods import METHODS
 from llm_finetuning.models.adapters import apply_adapter, count_parameters, save_initial_adapter
 from llm_finetuning.models.loading import is_quantized, load_model, load_tokenizer, prepare_tokenizer
@@ -111,7 +112,8 @@ def _train(
     if stop.requested:
         return TrainResult(run, "interrupted")
 
-    callbacks = [MetricsLogger(run.metrics), stop, *extra_callbacks]
+    task_eval = TaskEvalCallback(config, run, tokenizer)  # eval.tasks during training, tasks + golden set after
+    callbacks = [MetricsLogger(run.metrics), stop, task_eval, *extra_callbacks]
     model.config.use_cache = False  # a KV cache is useless in training and hides packed-sequence boundaries
     with _tensorboard_dir(run.logs / "tensorboard"):  # read when the trainer builds its callbacks
         trainer = method.build_trainer(config, run, model, tokenizer, data, callbacks)
@@ -126,6 +128,7 @@ def _train(
     save_final(config, run, trainer.model, tokenizer, bool(changes.added_tokens), initial_adapter)
     if hasattr(trainer, "save_extras"):  # e.g. PPO's value head
         trainer.save_extras(run.final)
+    metrics.update(task_eval.after_training(trainer.model, tokenizer))
     write_manifest(run, final_metrics=metrics)
     return TrainResult(run, "completed", metrics)
 
