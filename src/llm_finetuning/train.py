@@ -20,6 +20,7 @@ from llm_finetuning.methods import METHODS
 from llm_finetuning.models.adapters import apply_adapter, count_parameters, save_initial_adapter
 from llm_finetuning.models.loading import is_quantized, load_model, load_tokenizer, prepare_tokenizer
 from llm_finetuning.models.packing import check_packing
+from llm_finetuning.runs import distributed
 from llm_finetuning.runs.metrics import MetricsLogger, read_metrics
 from llm_finetuning.runs.plots import plot_metrics
 from llm_finetuning.runs.rundir import (
@@ -52,25 +53,35 @@ def train(
 
     `callbacks` are extra transformers `TrainerCallback`s (progress hooks, custom logging, tests).
     """
-    run = create_run_dir(config.output_dir, overwrite=overwrite, resume=resume)
+    distributed.init(config.distributed.timeout_minutes)
+    main = distributed.is_main()  # in a multi-process run only the main process writes the run directory
+    with distributed.main_first():
+        if main:
+            run = create_run_dir(config.output_dir, overwrite=overwrite, resume=resume)
+            if resume:
+                _warn_if_config_changed(run, config)
+            write_config(run, config)
+            start_manifest(run, config)
+        else:
+            run = RunDir(Path(config.output_dir))
     checkpoint = run.last_checkpoint() if resume else None
-    if resume:
-        _warn_if_config_changed(run, config)
-    write_config(run, config)
-    start_manifest(run, config)
     stop = GracefulStop().install()
     try:
         result = _train(config, run, stop, checkpoint, callbacks or [])
     except KeyboardInterrupt:
-        write_manifest(run, status="interrupted", finished_at=now())
+        if main:
+            write_manifest(run, status="interrupted", finished_at=now())
         raise
     except BaseException as exc:
-        write_manifest(run, status="failed", finished_at=now(), error=f"{type(exc).__name__}: {exc}")
+        if main:
+            write_manifest(run, status="failed", finished_at=now(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         stop.uninstall()
-        plot_metrics(read_metrics(run.metrics), run.plots)
-    write_manifest(run, status=result.status, finished_at=now())
+        if main:
+            plot_metrics(read_metrics(run.metrics), run.plots)
+    if main:
+        write_manifest(run, status=result.status, finished_at=now())
     return result
 
 
@@ -79,36 +90,9 @@ def _train(
 ) -> TrainResult:
     method = METHODS[config.method.name]
     set_seed(config.training.seed)
-    tokenizer = load_tokenizer(config.model)
-    changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.needs_chat_template)
-    data = method.prepare(config, tokenizer)
-    if data.dropped_rows():
-        run.dropped_rows.write_text("\n".join(data.dropped_rows()) + "\n", encoding="utf-8")
-    if data.clean_report is not None:
-        data.clean_report.write(run.root / "clean_report.json")
-        summary = {k: v for k, v in data.clean_report.to_dict().items() if k != "events"}
-        write_manifest(run, clean=summary)
-    write_manifest(
-        run,
-        data={"fingerprints": data.fingerprints, "stats": data.stats_dict()},
-        tokenizer={"added_tokens": changes.added_tokens, "notes": changes.notes},
-    )
-    model, base_path = _load_base(config, run, tokenizer, method.head)
-    model = apply_adapter(
-        model,
-        config.adapter,
-        task_type="SEQ_CLS" if method.head == "sequence_classification" else "CAUSAL_LM",
-        tokenizer_path=base_path,
-        quantized=is_quantized(model),
-        gradient_checkpointing=config.training.gradient_checkpointing,
-    )
-    if isinstance(model, PeftModel):
-        # Point the adapter at a base model that exists, so `final/` loads with plain PEFT.
-        model.peft_config["default"].base_model_name_or_path = base_path
-    initial_adapter = save_initial_adapter(model, config.adapter, run.root / "adapter_init")
-    if config.data.packing:
-        check_packing(model)
-    write_manifest(run, parameters=count_parameters(model))
+    # The main process prepares first: it writes the data caches and the run directory the others then read.
+    with distributed.main_first():
+        model, tokenizer, data, changes, initial_adapter = _prepare(config, run, method)
     if stop.requested:
         return TrainResult(run, "interrupted")
 
@@ -125,12 +109,52 @@ def _train(
         return TrainResult(run, "interrupted", metrics)
     if data.eval is not None:
         metrics.update(trainer.evaluate())
-    save_final(config, run, trainer.model, tokenizer, bool(changes.added_tokens), initial_adapter)
-    if hasattr(trainer, "save_extras"):  # e.g. PPO's value head
-        trainer.save_extras(run.final)
-    metrics.update(task_eval.after_training(trainer.model, tokenizer))
-    write_manifest(run, final_metrics=metrics)
+    if distributed.is_main():
+        save_final(config, run, trainer.model, tokenizer, bool(changes.added_tokens), initial_adapter)
+        if hasattr(trainer, "save_extras"):  # e.g. PPO's value head
+            trainer.save_extras(run.final)
+        metrics.update(task_eval.after_training(trainer.model, tokenizer))
+        write_manifest(run, final_metrics=metrics)
+    distributed.barrier()  # nobody leaves before `final/` is complete
     return TrainResult(run, "completed", metrics)
+
+
+def _prepare(config: Config, run: RunDir, method: Any) -> tuple[Any, PreTrainedTokenizerBase, Any, Any, Path | None]:
+    """Tokenizer, data, and the model with its adapter, ready for the trainer."""
+    tokenizer = load_tokenizer(config.model)
+    changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.needs_chat_template)
+    data = method.prepare(config, tokenizer)
+    main = distributed.is_main()
+    if data.dropped_rows() and main:
+        run.dropped_rows.write_text("\n".join(data.dropped_rows()) + "\n", encoding="utf-8")
+    if data.clean_report is not None and main:
+        data.clean_report.write(run.root / "clean_report.json")
+        summary = {k: v for k, v in data.clean_report.to_dict().items() if k != "events"}
+        write_manifest(run, clean=summary)
+    if main:
+        write_manifest(
+            run,
+            data={"fingerprints": data.fingerprints, "stats": data.stats_dict()},
+            tokenizer={"added_tokens": changes.added_tokens, "notes": changes.notes},
+        )
+    model, base_path = _load_base(config, run, tokenizer, method.head)
+    model = apply_adapter(
+        model,
+        config.adapter,
+        task_type="SEQ_CLS" if method.head == "sequence_classification" else "CAUSAL_LM",
+        tokenizer_path=base_path,
+        quantized=is_quantized(model),
+        gradient_checkpointing=config.training.gradient_checkpointing,
+    )
+    if isinstance(model, PeftModel):
+        # Point the adapter at a base model that exists, so `final/` loads with plain PEFT.
+        model.peft_config["default"].base_model_name_or_path = base_path
+    initial_adapter = save_initial_adapter(model, config.adapter, run.root / "adapter_init") if main else None
+    if config.data.packing:
+        check_packing(model)
+    if main:
+        write_manifest(run, parameters=count_parameters(model))
+    return model, tokenizer, data, changes, initial_adapter
 
 
 def _load_base(
@@ -144,8 +168,9 @@ def _load_base(
     if config.model.name != "tiny":
         return load_model(config.model, tokenizer, head), config.model.name
     model = load_model(config.model.model_copy(update={"quantization": "none"}), tokenizer)
-    model.save_pretrained(run.base)
-    tokenizer.save_pretrained(run.base)
+    if distributed.is_main():
+        model.save_pretrained(run.base)
+        tokenizer.save_pretrained(run.base)
     model.config._name_or_path = str(
         run.base.resolve()
     )  # where trainers that reload the start (GRPO's reference) find it

@@ -39,3 +39,12 @@ def needs_missing_column(completions: list, solution: list, **columns: object) -
 def states_answer(completions: list, answer: list, **columns: object) -> list[float]:
     """1.0 when the reference answer appears inside the completion's answer tags."""
     return [float(f"<answer>\n{a}\n</answer>" in completion_text(c)) for c, a in zip(completions, answer, strict=True)]
+
+
+def fails_on_rank_1(completions: list, **columns: object) -> list[float]:
+    """Works in the main process, raises in process 1: one failing rank must stop the whole run."""
+    import os
+
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("reward service unreachable from rank 1")
+    return [0.0 for _ in completions]

@@ -21,8 +21,9 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Rich logging to stderr; `quiet` (the other processes of a multi-process run) keeps warnings only."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False, markup=False)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -25,6 +25,7 @@ from llm_finetuning.config.adapters import (  # noqa: F401  (re-exported: the sc
     PTuningAdapter,
 )
 from llm_finetuning.config.base import Section, conflict
+from llm_finetuning.config.distributed import DistributedConfig
 from llm_finetuning.config.methods import (  # noqa: F401  (re-exported: the schema's public names)
     METHODS,
     PPO_FROM_TRAINING,
@@ -334,6 +335,8 @@ class Config(Section):
     """Evaluation."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     """Experiment trackers."""
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    """Multi-process training (`llmft train --nproc N`): DDP, FSDP or DeepSpeed ZeRO."""
     output_dir: str = "runs/run"
     """Run directory (relative to the working directory). Never overwritten without `--overwrite`."""
 

@@ -11,6 +11,7 @@ import torch
 from llm_finetuning.config.schema import Config
 from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError
+from llm_finetuning.runs import distributed
 from llm_finetuning.runs.rundir import RunDir
 
 # TrainingArguments names this schema sets itself; `training.extra` may not set them behind its back.
@@ -40,6 +41,11 @@ COVERED = {
     "run_name",
     "bf16",
     "fp16",
+    "fsdp",
+    "fsdp_config",
+    "deepspeed",
+    "ddp_find_unused_parameters",
+    "ddp_timeout",
 }
 
 
@@ -103,6 +109,54 @@ def training_arguments(config: Config, run: RunDir, has_eval: bool) -> dict[str,
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
         "use_cpu": not on_gpu and not torch.backends.mps.is_available(),
+        **distributed_arguments(config),
+    }
+
+
+def distributed_arguments(config: Config) -> dict[str, Any]:
+    """TrainingArguments for `distributed:` (DDP, FSDP or DeepSpeed ZeRO); nothing in a single-process run."""
+    d = config.distributed
+    if distributed.world_size() <= 1:
+        return {}
+    arguments: dict[str, Any] = {
+        "ddp_find_unused_parameters": d.find_unused_parameters,
+        "ddp_timeout": d.timeout_minutes * 60,
+    }
+    if d.strategy == "fsdp":
+        arguments["fsdp"] = f"{d.fsdp_sharding} auto_wrap" + (" offload" if d.cpu_offload else "")
+        arguments["fsdp_config"] = {
+            "version": d.fsdp_version,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "FULL_STATE_DICT",  # `final/` is one loadable model, not shards
+            "activation_checkpointing": config.training.gradient_checkpointing,
+        }
+    elif d.strategy == "deepspeed":
+        if not is_installed("deepspeed"):
+            raise ConfigError(
+                "distributed.strategy: deepspeed is not installed. `pip install deepspeed` (it needs a CUDA "
+                "toolkit), or use `strategy: fsdp`."
+            )
+        arguments["deepspeed"] = deepspeed_config(d.zero_stage, d.cpu_offload)
+    return arguments
+
+
+def deepspeed_config(stage: int, offload: bool) -> dict[str, Any]:
+    """A ZeRO config whose batch, clipping and precision follow the training arguments (`auto`)."""
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
+    if offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True  # so `final/` is a whole model
+    return {
+        "zero_optimization": zero,
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
     }
 
 
