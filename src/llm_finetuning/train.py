@@ -109,8 +109,16 @@ def _train(
         return TrainResult(run, "interrupted", metrics)
     if data.eval is not None:
         metrics.update(trainer.evaluate())
-    if distributed.is_main():
+    if distributed.world_size() > 1 and config.distributed.strategy != "ddp":
+        # Sharded weights: every process takes part in gathering them; the trainer writes one full model.
+        trainer.save_model(str(run.final))
+        if distributed.is_main():
+            (run.final / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is saved as YAML
+            tokenizer.save_pretrained(run.final)
+            write_config_copy(config, run)
+    elif distributed.is_main():
         save_final(config, run, trainer.model, tokenizer, bool(changes.added_tokens), initial_adapter)
+    if distributed.is_main():
         if hasattr(trainer, "save_extras"):  # e.g. PPO's value head
             trainer.save_extras(run.final)
         metrics.update(task_eval.after_training(trainer.model, tokenizer))
@@ -214,9 +222,14 @@ def save_final(
     else:
         model.save_pretrained(run.final, safe_serialization=True)
     tokenizer.save_pretrained(run.final)
+    write_config_copy(config, run)
+    logger.info("Saved the final %s to %s", "adapter" if isinstance(model, PeftModel) else "model", run.final)
+
+
+def write_config_copy(config: Config, run: RunDir) -> None:
+    """The config beside the weights in `final/`, so the folder describes itself when copied elsewhere."""
     with (run.final / "llmft_config.yaml").open("w", encoding="utf-8") as handle:
         yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
-    logger.info("Saved the final %s to %s", "adapter" if isinstance(model, PeftModel) else "model", run.final)
 
 
 def _warn_if_config_changed(run: RunDir, config: Config) -> None:

@@ -148,3 +148,20 @@ def test_a_failing_process_stops_the_run_with_a_clear_message(tmp_path):
     assert result.returncode == 1
     assert "reward `flaky`: raised RuntimeError: reward service unreachable from rank 1" in output
     assert "a training process exited with code" in output
+
+
+def test_fsdp_shards_the_model_and_ends_like_ddp(runs):
+    config = yaml.safe_load((runs["tmp"] / "two.yaml").read_text())
+    config["output_dir"] = str(runs["tmp"] / "fsdp")
+    config["distributed"] = {"strategy": "fsdp"}
+    path = runs["tmp"] / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = llmft("train", str(path), "--nproc", "2", cwd=runs["tmp"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    final = runs["tmp"] / "fsdp" / "final"
+    assert not (final / "training_args.bin").exists()  # no pickle in final/
+    expected = load_file(runs["two"] / "final" / "model.safetensors")
+    actual = load_file(final / "model.safetensors")
+    assert sorted(actual) == sorted(expected)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-5)

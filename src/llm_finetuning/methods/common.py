@@ -123,9 +123,20 @@ def distributed_arguments(config: Config) -> dict[str, Any]:
         "ddp_timeout": d.timeout_minutes * 60,
     }
     if d.strategy == "fsdp":
-        arguments["fsdp"] = f"{d.fsdp_sharding} auto_wrap" + (" offload" if d.cpu_offload else "")
+        if config.model.quantization != "none":
+            raise ConfigError(
+                "distributed.strategy: fsdp cannot shard a 4/8-bit quantized base here; use `strategy: ddp` (each "
+                "process holds the quantized model) or `deepspeed` with `zero_stage: 3`."
+            )
+        # FSDP2 takes "reshard after forward" as a bool (full_shard: yes, shard_grad_op: no); FSDP1 the strategy.
+        reshard: bool | str = d.fsdp_sharding != "shard_grad_op" if d.fsdp_version == 2 else d.fsdp_sharding
+        if d.fsdp_version == 2 and d.fsdp_sharding == "hybrid_shard":
+            raise ConfigError("distributed.fsdp_sharding: hybrid_shard needs `fsdp_version: 1` in this version.")
+        arguments["fsdp"] = True
         arguments["fsdp_config"] = {
             "version": d.fsdp_version,
+            "reshard_after_forward": reshard,
+            "cpu_offload": d.cpu_offload,
             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "state_dict_type": "FULL_STATE_DICT",  # `final/` is one loadable model, not shards
             "activation_checkpointing": config.training.gradient_checkpointing,

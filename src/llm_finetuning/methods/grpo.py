@@ -18,6 +18,7 @@ from llm_finetuning.config.schema import Config
 from llm_finetuning.data.pipeline import PreparedData, prepare_records
 from llm_finetuning.methods.common import apply_extra, training_arguments
 from llm_finetuning.rewards.contracts import Reward, check_rewards, resolve_rewards
+from llm_finetuning.runs import distributed
 from llm_finetuning.runs.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ def _reference_on_disk(model: PreTrainedModel, run: RunDir) -> None:
         same = False
     if not same:
         source = str(run.root / "reference")
-        model.save_pretrained(source)
+        if distributed.is_main():
+            model.save_pretrained(source)
+        distributed.barrier()  # every process loads the reference from there
         model.config._name_or_path = source
     logger.info("GRPO reference model (beta > 0, full weights): %s", source)
