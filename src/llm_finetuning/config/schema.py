@@ -26,6 +26,7 @@ from llm_finetuning.config.adapters import (  # noqa: F401  (re-exported: the sc
 )
 from llm_finetuning.config.base import Section, conflict
 from llm_finetuning.config.distributed import DistributedConfig
+from llm_finetuning.config.judge import JudgeConfig
 from llm_finetuning.config.methods import (  # noqa: F401  (re-exported: the schema's public names)
     METHODS,
     PPO_FROM_TRAINING,
@@ -301,11 +302,19 @@ class EvalConfig(Section):
     golden: GoldenConfig | None = None
     """A golden set checked after training against the base model (or `golden.baseline`): the guard against
     catastrophic forgetting. A regression beyond the tolerance fails the run unless `golden.fail_run: false`."""
+    judge: JudgeConfig | None = None
+    """The LLM judge of the `judged` task and of `judged` golden items (an OpenAI-compatible endpoint)."""
 
     @field_validator("tasks", mode="before")
     @classmethod
     def _task_names(cls, value: Any) -> Any:
         return one_or_many_tasks(value)
+
+    @model_validator(mode="after")
+    def _judge_when_judged(self) -> EvalConfig:
+        if self.judge is None and any(task.name == "judged" for task in self.tasks):
+            raise ValueError("task `judged` needs an `eval.judge` section (the judge endpoint and model)")
+        return self
 
 
 class TrackingConfig(Section):
