@@ -159,3 +159,15 @@ def test_findings_serialise_to_json(tmp_path, write_jsonl, qa_rows):
     # The report is plain data: it can be serialised for CI dashboards.
     report = run_checks(config(tmp_path, write_jsonl(qa_rows)), 4)
     assert json.dumps([f.__dict__ for f in report.findings])
+
+
+def test_the_exported_ollama_template_is_checked_against_the_training_template(tmp_path, write_jsonl, qa_rows):
+    report = run_checks(config(tmp_path, write_jsonl(qa_rows)), 4)
+    assert any("renders 8 probe conversations exactly as training does" in f for f in findings(report, "info"))
+    # A template that numbers its turns cannot be written as an Ollama template: a warning, not an error.
+    numbered = (
+        "{% for m in messages %}{{ loop.index }}: {{ m['content'] }}<|im_end|>{% endfor %}"
+        "{% if add_generation_prompt %}A:{% endif %}"
+    )
+    report = run_checks(config(tmp_path, write_jsonl(qa_rows), data={"chat_template": numbered}), 4)
+    assert any("`llmft export --format ollama` would refuse it" in f for f in findings(report, "warning"))

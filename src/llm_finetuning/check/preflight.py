@@ -49,6 +49,8 @@ def run_checks(config: Config, rows: int = SAMPLE_ROWS) -> CheckReport:
     for note in changes.notes:
         report.add("info", "tokenizer", note)
     report.tokenizer = tokenizer
+    if method.needs_chat_template:
+        _check_export_template(tokenizer, report)
     records = sample_sources(config, tokenizer, report, rows)
     if config.method.name == "grpo" and records["train"]:
         _check_rewards(config, records["train"][:REWARD_SAMPLE], report)
@@ -64,3 +66,23 @@ def _check_rewards(config: Config, rows: list[dict], report: CheckReport) -> Non
         report.add("error", "method.rewards", str(exc))
         return
     report.add("info", "method.rewards", f"{len(checked)} rewards return one finite float per sample completion")
+
+
+def _check_export_template(tokenizer, report: CheckReport) -> None:  # noqa: ANN001 - a transformers tokenizer
+    """The exports carry the training template: GGUF and hf embed the Jinja itself; Ollama needs a Go template
+    derived from it, checked here to render the probe conversations exactly as training does."""
+    from llm_finetuning.export.ollama_template import ollama_chat
+
+    try:
+        chat = ollama_chat(tokenizer, runtime_adds_bos=bool(getattr(tokenizer, "add_bos_token", False)))
+    except UserError as exc:
+        report.add("warning", "data.chat_template", f"`llmft export --format ollama` would refuse it: {exc}")
+        return
+    for note in chat.notes:
+        report.add("warning", "data.chat_template", f"Ollama export: {note}")
+    report.add(
+        "info",
+        "data.chat_template",
+        f"the exported Ollama template renders {chat.probes} probe conversations exactly as training does "
+        f"(stops: {', '.join(chat.stops)}); GGUF and hf exports embed the training template itself",
+    )
