@@ -10,6 +10,7 @@ from llm_finetuning.cli import (
     config_cmd,
     data_cmd,
     env_cmd,
+    estimate_cmd,
     eval_cmd,
     export_cmd,
     generate_cmd,
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.command("train", epilog=config_cmd.schema_epilog())(train_cmd.train)
 app.command("check")(check_cmd.check)
 app.command("env")(env_cmd.env)
+app.command("estimate")(estimate_cmd.estimate)
 app.command("eval")(eval_cmd.eval_cmd)
 app.command("merge")(merge_cmd.merge)
 app.command("merge-models")(merge_models_cmd.merge_models_cmd)
