@@ -40,11 +40,16 @@ def to_preference(row: dict[str, Any]) -> Record:
     }
 
 
+def to_prompt_only(row: dict[str, Any]) -> Record:
+    """The question alone, for PPO/GRPO sampling their own answers (ties are fine: no preference is read)."""
+    return {"prompt": [{"role": "user", "content": text(row, "question.full_text", "question")}]}
+
+
 DATASET = NamedDataset(
     name="webgpt",
     hub_id="openai/webgpt_comparisons",
     subset=None,
     splits={"train": "train"},
-    converters={"preference": to_preference},
-    description="WebGPT comparisons: question, higher-scored answer chosen; ties are refused as bad rows.",
+    converters={"preference": to_preference, "prompt_only": to_prompt_only},
+    description="WebGPT comparisons: question, higher-scored answer chosen (ties refused); prompt_only: question.",
 )
