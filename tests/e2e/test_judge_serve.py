@@ -126,7 +126,7 @@ def judge(url: str, tmp_path, **options) -> JudgeClient:
 
 
 def test_a_garbage_judge_falls_back_on_every_completion_and_counts_it(garbage_url, tmp_path, monkeypatch, caplog):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("LLMFT_JUDGE_API_KEY", raising=False)
     with judge(garbage_url, tmp_path, fallback_score=0.2) as client:
         reward = get_reward("judge_multihop").build(client)
         with caplog.at_level(logging.DEBUG, logger="llm_finetuning.judge"):
@@ -156,11 +156,14 @@ def test_the_served_judge_scores_over_real_http(scoring_url, tmp_path, monkeypat
     assert KEY not in caplog.text
 
 
-def test_a_wrong_key_is_a_counted_fallback_not_retried(scoring_url, tmp_path, monkeypatch):
+def test_a_wrong_key_is_a_counted_fallback_not_retried(scoring_url, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("E2E_JUDGE_KEY", "wrong-key")
     with judge(scoring_url, tmp_path, api_key_env="E2E_JUDGE_KEY", cache=False, max_retries=3) as client:
         reward = get_reward("judge_relevancy").build(client)
-        assert reward(prompts=["Who?"], completions=["Me"]) == [0.0]
+        with caplog.at_level(logging.WARNING, logger="llm_finetuning.judge"):
+            assert reward(prompts=["Who?"], completions=["Me"]) == [0.0]
         metrics = judge_metrics(client)
     assert metrics["judge/calls"] == 1 and metrics["judge/retries"] == 0  # a 401 is not retried
     assert metrics["judge/fallbacks"] == 1
+    assert "HTTP 401" in caplog.text and "check the API key in `E2E_JUDGE_KEY`" in caplog.text
+    assert "wrong-key" not in caplog.text

@@ -30,7 +30,7 @@ def stub():
 @pytest.fixture
 def make(stub, tmp_path, monkeypatch):
     """A client of the stub that records its backoff sleeps instead of sleeping."""
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("LLMFT_JUDGE_API_KEY", raising=False)
     clients, sleeps = [], []
 
     def build(**options) -> JudgeClient:
@@ -111,15 +111,15 @@ def test_garbage_gives_the_fallback_and_is_counted_not_cached(stub, make, reply)
 
 
 def test_a_slow_reply_times_out_and_is_retried(stub, make):
-    stub.play(Reply(content='{"score": 3}', delay=3.0), Reply(content='{"score": 3}'))
-    client = make(timeout_s=0.2, max_retries=1)
+    stub.play(Reply(content='{"score": 3}', delay=5.0), Reply(content='{"score": 3}'))
+    client = make(timeout_s=0.75, max_retries=1)  # generous: the fast reply must arrive in time on a busy machine
     assert client.score(RELEVANCY, ITEM) == 0.5
     assert stub.requests == 2
     assert client.stats.snapshot()["retries"] == 1
 
 
 def test_always_slow_gives_the_fallback(stub, make):
-    stub.play(Reply(content='{"score": 3}', delay=3.0))
+    stub.play(Reply(content='{"score": 3}', delay=5.0))
     client = make(timeout_s=0.2, max_retries=1, fallback_score=0.25)
     assert client.score(RELEVANCY, ITEM) == 0.25
     assert stub.requests == 2
@@ -272,3 +272,9 @@ def test_retry_after_forms():
     assert parse_retry_after("0.5") == 0.5
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_a_key_for_another_service_is_not_sent_by_default(stub, make, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-for-openai-only")
+    make().score(RELEVANCY, ITEM)
+    assert stub.authorizations == [None]  # the default variable is the toolkit's own LLMFT_JUDGE_API_KEY

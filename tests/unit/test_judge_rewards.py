@@ -31,7 +31,7 @@ def make_client(stub: Stub, **options) -> JudgeClient:
 
 @pytest.fixture
 def client(stub, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("LLMFT_JUDGE_API_KEY", raising=False)
     with make_client(stub) as judge:
         yield judge
 
@@ -71,7 +71,7 @@ def test_judge_sees_the_extracted_answer_and_the_reference_not_the_reasoning(stu
 
 
 def test_a_batch_is_one_float_per_completion_with_fallbacks(stub, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("LLMFT_JUDGE_API_KEY", raising=False)
     stub.play(Reply(content="yes"), Reply(content="no"), Reply(content="I cannot tell"))
     client = make_client(stub, max_concurrency=1)  # one at a time: the scripted replies go in submission order
     reward = get_reward("judge_correctness").build(client)
@@ -125,7 +125,7 @@ def test_a_row_without_reference_gets_the_fallback_without_a_request(stub, clien
 
 
 def test_an_endpoint_that_is_down_never_raises(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("LLMFT_JUDGE_API_KEY", raising=False)
     with Stub() as dead:
         url = dead.base_url
     config = JudgeConfig(base_url=url, model="m", cache=False, max_retries=1, backoff_s=0, fallback_score=0.2)

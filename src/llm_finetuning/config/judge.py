@@ -30,9 +30,11 @@ class JudgeConfig(Section):
     `http://127.0.0.1:8000/v1` for `llmft serve`); requests go to `<base_url>/chat/completions`."""
     model: str = Field(min_length=1)
     """Model name sent with every request (part of the cache key: another judge model never reuses scores)."""
-    api_key_env: str | None = "OPENAI_API_KEY"
+    api_key_env: str | None = "LLMFT_JUDGE_API_KEY"
     """Name of the environment variable holding the API key (the key itself never goes in the config, the run
-    directory or the logs). Required to be set when the endpoint is not on this machine; `null` sends no key."""
+    directory or the logs), e.g. `OPENAI_API_KEY` for OpenAI. The default is a name of the toolkit's own, so a key
+    set for another service is never sent to a judge by accident. Must be set when the endpoint is not on this
+    machine; `null` sends no key."""
     max_concurrency: int = Field(4, gt=0)
     """Requests in flight at once; the completions of a batch are judged in parallel up to this limit."""
     max_retries: int = Field(3, ge=0)

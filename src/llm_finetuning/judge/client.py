@@ -154,7 +154,10 @@ class JudgeClient:
             self.stats.add(failures=1)
             logger.debug("judge attempt %d/%d failed: %s", attempt + 1, retries + 1, outcome.error)
             if not outcome.retryable:
-                raise JudgeFailed(f"{outcome.error} from {redact(self.url)} (not retried)")
+                hint = ""
+                if outcome.error in ("HTTP 401", "HTTP 403"):
+                    hint = f"; check the API key in `{self.config.api_key_env}` (judge.api_key_env)"
+                raise JudgeFailed(f"{outcome.error} from {redact(self.url)} (not retried{hint})")
             if attempt == retries:
                 break
             self.stats.add(retries=1)
@@ -224,8 +227,8 @@ def _auth_headers(config: JudgeConfig) -> dict[str, str]:
             return {}  # a local server (`llmft serve` on loopback) needs no key
         raise UserError(
             f"the LLM judge at {redact(config.base_url)} needs an API key: export it in the environment variable "
-            f"`{config.api_key_env}` (named by judge.api_key_env), or set `judge.api_key_env: null` if the "
-            "endpoint takes no key"
+            f"`{config.api_key_env}`, or set `judge.api_key_env` to the variable that holds it (e.g. "
+            "`OPENAI_API_KEY`), or to `null` if the endpoint takes no key"
         )
     if config.base_url.startswith("http://") and not is_loopback(config.base_url):
         logger.warning(
