@@ -61,7 +61,7 @@ def _check_rewards(config: Config, rows: list[dict], report: CheckReport) -> Non
     from llm_finetuning.methods.grpo import rewards
 
     try:
-        checked = rewards(config, rows)
+        checked, _ = rewards(config, rows)
     except UserError as exc:
         report.add("error", "method.rewards", str(exc))
         return

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llm_finetuning.config.base import Section
+from llm_finetuning.config.judge import JudgeConfig
 
 
 class RewardEntry(Section):
@@ -58,6 +59,9 @@ class GRPOMethod(Section):
     """Leave completions cut at `max_completion_length` out of the loss (DAPO's recommendation)."""
     log_completions: bool = False
     """Log a sample of prompts, completions and rewards every `training.logging_steps`."""
+    judge: JudgeConfig | None = None
+    """The LLM judge of the `judge_*` rewards: any OpenAI-compatible endpoint. Checked with the sample batch
+    before training: a judge that answers none of it stops the run there."""
 
     @model_validator(mode="after")
     def _distinct_rewards(self) -> GRPOMethod:

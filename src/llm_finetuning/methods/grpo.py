@@ -16,6 +16,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from llm_finetuning.config.schema import Config
 from llm_finetuning.data.pipeline import PreparedData, prepare_records
+from llm_finetuning.errors import UserError
 from llm_finetuning.methods.common import apply_extra, training_arguments
 from llm_finetuning.rewards.contracts import Reward, check_rewards, resolve_rewards
 from llm_finetuning.runs import distributed
@@ -39,14 +40,38 @@ def judge_client(config: Config, run: RunDir | None = None) -> Any:
         return None
     from llm_finetuning.judge.client import JudgeClient
 
-    return JudgeClient(settings, run_dir=run.root if run is not None else None)
+    # The judgements are cached in the run, so a resumed run does not pay for them twice.
+    return JudgeClient(settings, cache_dir=run.root / "judge_cache" if run is not None else None)
 
 
-def rewards(config: Config, rows: list[dict[str, Any]], run: RunDir | None = None) -> list[Reward]:
-    """The configured rewards, resolved and checked on `rows` (raises a UserError naming each broken one)."""
-    resolved = resolve_rewards(config.method.rewards, judge_client(config, run))
+def rewards(config: Config, rows: list[dict[str, Any]], run: RunDir | None = None) -> tuple[list[Reward], Any]:
+    """The configured rewards and the judge client (or None), resolved and checked on `rows`: a UserError names
+    each broken reward, or the judge when it answered none of the sample."""
+    judge = judge_client(config, run)
+    resolved = resolve_rewards(config.method.rewards, judge)
     check_rewards(resolved, rows)
-    return resolved
+    if judge is not None and judge.stats.requests and judge.stats.fallbacks == judge.stats.requests:
+        settings = config.method.judge
+        raise UserError(
+            f"method.judge: the judge `{settings.model}` at {settings.base_url} gave no usable score for any of the "
+            f"{judge.stats.requests} sample completions (the warnings above say why). Check `base_url`, `model` and "
+            f"the key{f' in `${settings.api_key_env}`' if settings.api_key_env else ''}, or whether the model answers "
+            "in the rubric's format."
+        )
+    return resolved, judge
+
+
+class JudgedGRPOTrainer(GRPOTrainer):
+    """GRPO whose logs carry the judge's counters (calls, cache hits, failures, fallbacks)."""
+
+    judge: Any = None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.judge is not None:
+            from llm_finetuning.judge.stats import judge_metrics
+
+            logs = {**logs, **judge_metrics(self.judge)}
+        super().log(logs, start_time)
 
 
 def build_trainer(
@@ -59,7 +84,7 @@ def build_trainer(
 ) -> Any:
     method = config.method
     sample = [data.train[i] for i in range(min(SAMPLE_ROWS, len(data.train)))]
-    checked = rewards(config, sample, run)
+    checked, judge = rewards(config, sample, run)
     arguments = training_arguments(config, run, has_eval=data.eval is not None)
     arguments.update(
         num_generations=method.num_generations,
@@ -80,7 +105,7 @@ def build_trainer(
     args = GRPOConfig(**apply_extra(arguments, config.training.extra, GRPOConfig))
     if method.beta > 0 and not isinstance(model, PeftModel):
         _reference_on_disk(model, run)
-    trainer = GRPOTrainer(
+    trainer = JudgedGRPOTrainer(
         model=model,
         reward_funcs=[r.fn for r in checked],
         args=args,
@@ -89,6 +114,7 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.judge = judge
     return trainer
 
 
