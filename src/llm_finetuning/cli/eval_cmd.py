@@ -236,12 +236,12 @@ def _golden(target, golden, baseline, tolerance, settings, judge, out_dir) -> No
     golden_set = load_golden(golden)
     with BarProgress() as progress:
         model, tokenizer = load_target(target)
-        candidate = run_golden(model, tokenizer, golden_set, settings, judge, progress)
+        candidate = run_golden(model, tokenizer, golden_set, settings, judge, progress, "golden: candidate")
         del model
         reference = None
         if baseline:
-            base_model, base_tokenizer = load_target(baseline)
-            reference = run_golden(base_model, base_tokenizer, golden_set, settings, judge, progress)
+            model, tokenizer = load_target(baseline)
+            reference = run_golden(model, tokenizer, golden_set, settings, judge, progress, "golden: baseline")
     report = compare(golden_set, candidate, reference, tolerance, target, baseline)
     path = report.write(out_dir / "golden.json")
     _print_golden(report)

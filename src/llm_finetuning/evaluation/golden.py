@@ -187,13 +187,21 @@ def score_outputs(golden: GoldenSet, outputs: list[str], judge: Any = None) -> M
     return ModelOutcome(outputs, scores, passed)
 
 
-def run_golden(model: Any, tokenizer: Any, golden: GoldenSet, settings: Any = None, judge: Any = None, progress=None):
-    """Generate an answer to every golden prompt (greedy, batched) and score it."""
+def run_golden(
+    model: Any,
+    tokenizer: Any,
+    golden: GoldenSet,
+    settings: Any = None,
+    judge: Any = None,
+    progress: Any = None,
+    label: str = "golden",
+) -> ModelOutcome:
+    """Generate an answer to every golden prompt (greedy, batched) and score it; `label` names the progress."""
     from llm_finetuning.evaluation.runner import EvalSettings, LogProgress, generate_all, inference_mode
 
     settings = settings or EvalSettings()
     progress = progress or LogProgress()
-    progress.start("golden", len(golden.items))
+    progress.start(label, len(golden.items))
     with inference_mode(model, tokenizer):
         outputs = generate_all(
             model, tokenizer, [item.messages for item in golden.items], settings, golden.max_new_tokens, progress

@@ -40,8 +40,11 @@ def run_harness(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include) if include else TaskManager()
     names = [t.strip() for t in tasks if t.strip()]
+    # Indexing lm-eval's own task catalogue takes seconds; tasks all found in `include` do not need it.
+    manager = TaskManager(include_path=include, include_defaults=False) if include else None
+    if manager is None or any(name not in manager.all_tasks for name in names):
+        manager = TaskManager(include_path=include) if include else TaskManager()
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
         import difflib
