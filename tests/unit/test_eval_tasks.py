@@ -209,3 +209,24 @@ def test_task_configuration_errors():
     with pytest.raises(ValueError, match="needs an `eval.judge`"):
         EvalConfig(tasks=[{"name": "judged", "path": "x.jsonl"}])
     assert [t.name for t in EvalConfig(tasks="gsm8k_accuracy").tasks] == ["gsm8k_accuracy"]
+
+
+def test_eval_paths_in_a_yaml_file_are_relative_to_it(tmp_path, write_yaml, write_jsonl):
+    from llm_finetuning.config import load_config
+
+    data = write_jsonl([{"prompt": "a", "completion": "b"}])
+    config = write_yaml(
+        {
+            "data": {"train": {"path": str(data), "format": "prompt_completion"}},
+            "eval": {
+                "tasks": [{"name": "rouge_bleu", "path": "sets/test.jsonl"}, "gsm8k_accuracy"],
+                "golden": {"path": "golden.yaml", "baseline": "../models/base"},
+            },
+        },
+        "configs/run.yaml",
+    )
+    loaded = load_config(config).eval
+    assert loaded.tasks[0].path == str(tmp_path / "configs" / "sets" / "test.jsonl")
+    assert loaded.tasks[1].path is None
+    assert loaded.golden.path == str(tmp_path / "configs" / "golden.yaml")
+    assert loaded.golden.baseline == str(tmp_path / "models" / "base")

@@ -175,6 +175,18 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
             value = model.get(key)
             if isinstance(value, str) and value.startswith(("./", "../")):
                 model[key] = _relative_to(value, base)
+    evaluation = data.get("eval")
+    if isinstance(evaluation, dict):
+        tasks = evaluation.get("tasks")
+        for task in tasks if isinstance(tasks, list) else [tasks]:
+            if isinstance(task, dict) and isinstance(task.get("path"), str):
+                task["path"] = _relative_to(task["path"], base)
+        golden = evaluation.get("golden")
+        if isinstance(golden, dict) and isinstance(golden.get("path"), str):
+            golden["path"] = _relative_to(golden["path"], base)
+        if isinstance(golden, dict) and isinstance(golden.get("baseline"), str):
+            if golden["baseline"].startswith(("./", "../")):  # else a hub id, like model.name
+                golden["baseline"] = _relative_to(golden["baseline"], base)
 
 
 def _relative_to(value: str, base: Path) -> str:

@@ -24,7 +24,7 @@ class EvalTaskConfig(Section):
     path: str | None = None
     """A local file instead of the hub copy: for dataset tasks, a file in the named dataset's own layout (e.g.
     GSM8K's `test.jsonl`); for `perplexity` a `.txt` document or rows with a text column; for `rouge_bleu` and
-    `judged` rows in `format`."""
+    `judged` rows in `format`. Relative paths are relative to the YAML file that sets them."""
     dataset: str | None = None
     """For `rouge_bleu` and `judged`: a named dataset (`llmft data datasets`) whose prompts and
     reference answers are used. The other tasks know their dataset."""
@@ -90,10 +90,11 @@ class GoldenConfig(Section):
 
     path: str
     """The golden file (YAML or JSONL; see docs/evaluation.md): each item a prompt and an expectation (`exact`,
-    `contains`, `regex` or `judged`) with an optional `threshold`."""
+    `contains`, `regex` or `judged`) with an optional `threshold`. Relative to the YAML file that sets it."""
     baseline: str | None = None
-    """Model to compare with: a run directory, model directory or hub id. Unset: the run's own base model
-    (for an adapter run, the same model with the adapter disabled)."""
+    """Model to compare with: a run directory, model directory or hub id (`./` or `../` paths are relative to
+    the YAML file). Unset: the run's own base model (for an adapter run, the same model with the adapter
+    disabled)."""
     tolerance: float | None = Field(None, ge=0, le=1)
     """Largest allowed drop of the pass rate (0.1 = ten points) before it counts as a regression; unset: the
     file's `tolerance`, else 0."""
