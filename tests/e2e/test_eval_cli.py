@@ -179,3 +179,8 @@ def test_eval_section_runs_during_and_after_training_and_a_golden_regression_fai
     assert logged == [1, 2, 2]  # during training at each step, then the final model
     final = json.loads((run / "eval" / "rouge_bleu.json").read_text())
     assert lines[-1]["eval/rouge_bleu/bleu"] == final["metrics"]["bleu"]
+    # `llmft eval RUN` without --tasks runs the run's own eval.tasks.
+    outcome = invoke(run, "--output", tmp_path / "again")
+    assert outcome.exit_code == 0, outcome.output
+    again = json.loads((tmp_path / "again" / "rouge_bleu.json").read_text())
+    assert [e["output"] for e in again["examples"]] == [e["output"] for e in final["examples"]]

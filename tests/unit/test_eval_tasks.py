@@ -208,7 +208,12 @@ def test_task_configuration_errors():
         EvalTaskConfig(name="rouge_bleu")
     with pytest.raises(ValueError, match="needs an `eval.judge`"):
         EvalConfig(tasks=[{"name": "judged", "path": "x.jsonl"}])
+    with pytest.raises(ValueError, match="`rubric` applies to the `judged` task"):
+        EvalTaskConfig(name="gsm8k_accuracy", rubric="correctness")
     assert [t.name for t in EvalConfig(tasks="gsm8k_accuracy").tasks] == ["gsm8k_accuracy"]
+    # A run's config.yaml holds every field; it must load back.
+    dumped = EvalConfig(tasks=[{"name": "perplexity", "path": "x.txt", "window": 8}]).model_dump(mode="json")
+    assert EvalConfig.model_validate(dumped).tasks[0].window == 8
 
 
 def test_eval_paths_in_a_yaml_file_are_relative_to_it(tmp_path, write_yaml, write_jsonl):

@@ -62,8 +62,14 @@ def _run_config(target: str) -> Any:
     if not (is_run_dir(target) and path.is_file()):
         return None
     import yaml
+    from pydantic import ValidationError
 
-    return Config.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    from llm_finetuning.errors import ConfigError
+
+    try:
+        return Config.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: the run's config no longer validates ({exc.error_count()} errors): {exc}") from None
 
 
 def _tasks(names: str | None, paths: dict[str, str], limit: int | None, run_config: Any) -> list[Any]:

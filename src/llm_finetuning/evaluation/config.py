@@ -46,8 +46,8 @@ class EvalTaskConfig(Section):
     stride: int | None = Field(None, gt=0)
     """`perplexity`: how far the window moves each pass; each token is scored once, with up to
     `window - stride` tokens of extra context. Unset: `window` (non-overlapping windows)."""
-    rubric: str = "correctness"
-    """`judged`: the judge rubric (`correctness`, `multihop_qa`, `medical_qa`, `summarization`,
+    rubric: str | None = None
+    """`judged`: the judge rubric (`correctness`, the default, `multihop_qa`, `medical_qa`, `summarization`,
     `answer_relevancy`); needs `eval.judge`."""
 
     @field_validator("name")
@@ -80,7 +80,7 @@ class EvalTaskConfig(Section):
             raise ValueError(f"`stride` ({self.stride}) cannot exceed `window` ({self.window}): tokens would be missed")
         if self.format is not None and (self.format == "text") != (spec.kind == "perplexity"):
             raise ValueError(f"`format: {self.format}` does not fit task `{self.name}`")
-        if "rubric" in self.model_fields_set and spec.kind != "judged":
+        if self.rubric is not None and spec.kind != "judged":
             raise ValueError(f"`rubric` applies to the `judged` task, not `{self.name}`")
         return self
 

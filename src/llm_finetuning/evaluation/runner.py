@@ -202,8 +202,9 @@ def _run_judged(task: EvalTaskConfig, examples: list[Example], outputs: list[str
 
     if judge is None:
         raise UserError("task `judged` needs a judge: set `eval.judge` (or pass --judge-config)")
-    if task.rubric not in RUBRICS:
-        raise UserError(f"task `judged`: unknown rubric `{task.rubric}`; choose one of {', '.join(RUBRICS)}")
+    rubric = task.rubric or "correctness"
+    if rubric not in RUBRICS:
+        raise UserError(f"task `judged`: unknown rubric `{rubric}`; choose one of {', '.join(RUBRICS)}")
     items = []
     for ex, out in zip(examples, outputs, strict=True):
         references = ex.gold.get("answers") or [ex.gold.get("answer") or ex.target or ""]
@@ -215,7 +216,7 @@ def _run_judged(task: EvalTaskConfig, examples: list[Example], outputs: list[str
             )
         )
     before = judge.stats.snapshot()
-    scores = judge.score_many(RUBRICS[task.rubric], items)
+    scores = judge.score_many(RUBRICS[rubric], items)
     after = judge.stats.snapshot()
     records = [
         {"id": ex.id, "prompt": ex.prompt, "output": out, "prediction": item.answer, "reference": list(item.references),
