@@ -195,16 +195,22 @@ def _run_perplexity(model, tokenizer, task: EvalTaskConfig, examples: list[Examp
     return summary, records
 
 
+def _check_judge(task: EvalTaskConfig, judge: Any) -> None:
+    """Before any generation: a judged task needs a judge client and a known rubric."""
+    from llm_finetuning.judge.rubrics import RUBRICS
+
+    if judge is None:
+        raise UserError("task `judged` needs a judge: set `eval.judge` (or pass --judge-config)")
+    if (task.rubric or "correctness") not in RUBRICS:
+        raise UserError(f"task `judged`: unknown rubric `{task.rubric}`; choose one of {', '.join(RUBRICS)}")
+
+
 def _run_judged(task: EvalTaskConfig, examples: list[Example], outputs: list[str], judge: Any):
     from llm_finetuning.judge.rubrics import RUBRICS, JudgeItem
     from llm_finetuning.rewards.extract import answer_or_text
     from llm_finetuning.rewards.judged import prompt_text
 
-    if judge is None:
-        raise UserError("task `judged` needs a judge: set `eval.judge` (or pass --judge-config)")
-    rubric = task.rubric or "correctness"
-    if rubric not in RUBRICS:
-        raise UserError(f"task `judged`: unknown rubric `{rubric}`; choose one of {', '.join(RUBRICS)}")
+    rubric = RUBRICS[task.rubric or "correctness"]
     items = []
     for ex, out in zip(examples, outputs, strict=True):
         references = ex.gold.get("answers") or [ex.gold.get("answer") or ex.target or ""]
@@ -216,13 +222,19 @@ def _run_judged(task: EvalTaskConfig, examples: list[Example], outputs: list[str
             )
         )
     before = judge.stats.snapshot()
-    scores = judge.score_many(RUBRICS[rubric], items)
+    scores = judge.score_many(rubric, items)
     after = judge.stats.snapshot()
     records = [
-        {"id": ex.id, "prompt": ex.prompt, "output": out, "prediction": item.answer, "reference": list(item.references),
-         "score": score}
+        {
+            "id": ex.id,
+            "prompt": ex.prompt,
+            "output": out,
+            "prediction": item.answer,
+            "reference": list(item.references),
+            "score": score,
+        }
         for ex, out, item, score in zip(examples, outputs, items, scores, strict=True)
-    ]  # fmt: skip
+    ]
     summary = metrics.summarise(records, ("score",))
     summary["judge_fallbacks"] = float(after["fallbacks"] - before["fallbacks"])
     return summary, records
@@ -240,6 +252,8 @@ def evaluate_task(
     settings = settings or EvalSettings()
     progress = progress or LogProgress()
     spec = TASKS[task.name]
+    if spec.kind == "judged":
+        _check_judge(task, judge)
     limit = task.limit or settings.limit
     examples, skipped = load_examples(task, limit)
     max_new_tokens = task.max_new_tokens or settings.max_new_tokens or spec.max_new_tokens
