@@ -124,9 +124,10 @@ def _print_speed(result) -> None:  # type: ignore[no-untyped-def]
         return
     first = rows[0].throughput
     per_epoch = first.steps_per_epoch is not None
-    title = f"time and cost ({first.tokens_per_step:,} tokens per step, utilisation {first.utilization:.0%}"
-    title += f", {first.steps_per_epoch:,} steps per epoch)" if per_epoch else ", per 1000 steps: pass --examples)"
-    table = Table(title=title, header_style="bold")
+    summary = f"time and cost: {first.tokens_per_step:,} tokens per step, utilisation {first.utilization:.0%}, "
+    summary += f"{first.steps_per_epoch:,} steps per epoch" if per_epoch else "per 1000 steps (pass --examples N)"
+    console.print(summary, soft_wrap=True)
+    table = Table(header_style="bold")
     for column in ("gpu", "memory", "fits", "per step", "per epoch" if per_epoch else "per 1k steps", "cost"):
         table.add_column(column, justify="left" if column in ("gpu", "fits") else "right")
     for row in rows:

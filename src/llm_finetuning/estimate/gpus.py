@@ -75,8 +75,10 @@ def find_gpu(name: str, table: list[GPU]) -> GPU:
         if wanted in {_key(gpu.name), *(_key(a) for a in gpu.aliases)}:
             return gpu
     names = [g.name for g in table]
-    by_key = {_key(n): n for n in names}
-    close = [by_key[k] for k in difflib.get_close_matches(wanted, list(by_key), n=2, cutoff=0.5)]
+    by_key = {_key(alias): g.name for g in table for alias in (g.name, *g.aliases)}
+    close = list(dict.fromkeys(name for key, name in by_key.items() if key.startswith(wanted)))[:2]
+    if not close:  # a typo rather than a shortened name
+        close = list(dict.fromkeys(by_key[k] for k in difflib.get_close_matches(wanted, list(by_key), n=3, cutoff=0.5)))
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise UserError(
         f"--gpu: unknown GPU `{name}`.{hint} Known: {', '.join(names)}. Add it to the table (--gpu-table FILE)."

@@ -118,7 +118,7 @@ def _outside_tensors(shape: ModelShape) -> dict[str, list[Shape]]:
     return {
         "embed_tokens": [(v, h)],
         "lm_head" if shape.head == "causal_lm" else "score": head,
-        "norm": [(h,)] * (2 if shape.final_norm.bias else 1),
+        shape.final_norm.name: [(h,)] * (2 if shape.final_norm.bias else 1),
     }
 
 

@@ -276,12 +276,7 @@ def build_plan(
     elif method == "grpo":
         prompt = _grpo_option(config, "max_prompt_length", notes) or config.data.max_length
         completion = _grpo_option(config, "max_completion_length", notes)
-        num_generations = _grpo_option(config, "num_generations", notes)
-        if (batch * accumulation) % num_generations:
-            notes.warn(
-                f"GRPO: training.per_device_batch_size x gradient_accumulation_steps ({batch * accumulation}) is "
-                f"not a multiple of method.num_generations ({num_generations}); TRL will refuse it"
-            )
+        _grpo_option(config, "num_generations", notes)  # only warns where the section lacks it
         # TRL generates the completions of a whole optimizer step at once (steps_per_generation = accumulation).
         generation = Generation(batch * accumulation, prompt, completion)
         seq, scored = prompt + completion, completion

@@ -222,7 +222,7 @@ def shape_from_config(config: dict[str, Any], source: str = "config.json") -> Mo
         max_position_embeddings=int(config.get("max_position_embeddings") or 0),
         linears=tuple(linears),
         norms=tuple(norms),
-        final_norm=Norm("norm", h, h, ln),
+        final_norm=Norm("final_layernorm" if family.layernorm else "norm", h, h, ln),
         gated_mlp=family.gated_mlp,
         lm_head_bias=not family.gated_mlp,  # Phi's LM head has a bias
     )
