@@ -94,6 +94,8 @@ def test_eval_command_errors_are_short(run):
     assert outcome.exit_code == 2 and "not being run: arc_loglik" in outcome.output
     outcome = invoke(run)
     assert outcome.exit_code == 2 and "--tasks" in outcome.output
+    outcome = invoke(run, "--golden", "g.yaml", "--tasks", "gsm8k_accuracy")
+    assert outcome.exit_code == 2 and "--golden and --tasks are separate evaluations" in outcome.output
 
 
 def test_golden_regression_exits_non_zero_with_a_per_item_diff(models, tmp_path):

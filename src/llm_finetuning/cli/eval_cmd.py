@@ -201,6 +201,12 @@ def eval_cmd(
         return
     if target is None:
         raise UserError("give the run directory or model to evaluate (or --list)")
+    # --tasks belongs to the plain and --before-after evaluations; the others are their own runs.
+    modes = [name for name, on in (("--golden", golden), ("--harness", harness)) if on]
+    modes += ["--before-after"] if before_after else []
+    clash = modes + (["--tasks"] if tasks and modes and modes[0] != "--before-after" else [])
+    if len(clash) > 1:
+        raise UserError(f"{' and '.join(clash)} are separate evaluations; run them one at a time")
     from llm_finetuning.evaluation.models import is_run_dir
     from llm_finetuning.evaluation.runner import EvalSettings
 
@@ -274,7 +280,7 @@ def _harness(target, names, include, limit, settings, out_dir) -> None:
     from llm_finetuning.evaluation.models import load_target
 
     model, tokenizer = load_target(target)
-    results = run_harness(model, tokenizer, names.split(","), include, limit, settings.batch_size)
+    results = run_harness(model, tokenizer, names.split(","), include, limit, settings.batch_size, settings.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "harness.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
