@@ -171,3 +171,15 @@ def test_the_exported_ollama_template_is_checked_against_the_training_template(t
     )
     report = run_checks(config(tmp_path, write_jsonl(qa_rows), data={"chat_template": numbered}), 4)
     assert any("`llmft export --format ollama` would refuse it" in f for f in findings(report, "warning"))
+
+
+def test_the_memory_estimate_is_part_of_the_check(tmp_path, write_jsonl, qa_rows, write_yaml):
+    report = run_checks(config(tmp_path, write_jsonl(qa_rows)), 4)
+    assert report.estimate is not None and any("GiB per device at peak; fits" in f for f in findings(report, "info"))
+    # A 70B-sized full fine-tune does not fit one L4: with --gpu that fails the check.
+    raw = tiny_config(write_jsonl(qa_rows), tmp_path / "run", adapter={"method": "full"})
+    raw["model"]["tiny"] = {"hidden_size": 8192, "num_layers": 80, "num_heads": 64}
+    path = write_yaml(raw)
+    result = CliRunner().invoke(app, ["check", str(path), "--rows", "4", "--gpu", "L4"])
+    assert result.exit_code == 1 and "does not fit L4" in result.output
+    assert CliRunner().invoke(app, ["check", str(path), "--rows", "4"]).exit_code == 0  # without --gpu: info only

@@ -15,8 +15,9 @@ SAMPLE_ROWS = 200
 REWARD_SAMPLE = 4
 
 
-def run_checks(config: Config, rows: int = SAMPLE_ROWS) -> CheckReport:
-    """Check `config` on a sample of `rows` rows per data source; nothing is trained or written."""
+def run_checks(config: Config, rows: int = SAMPLE_ROWS, gpu: str | None = None, gpus: int = 1) -> CheckReport:
+    """Check `config` on a sample of `rows` rows per data source; nothing is trained or written. With `gpu` (a
+    row of the estimate's GPU table), a config whose memory estimate does not fit that GPU is an error."""
     from llm_finetuning.methods import METHODS
     from llm_finetuning.models.loading import load_tokenizer, prepare_tokenizer
 
@@ -54,7 +55,34 @@ def run_checks(config: Config, rows: int = SAMPLE_ROWS) -> CheckReport:
     records = sample_sources(config, tokenizer, report, rows)
     if config.method.name == "grpo" and records["train"]:
         _check_rewards(config, records["train"][:REWARD_SAMPLE], report)
+    _check_memory(config, report, gpu, gpus)
     return report
+
+
+def _check_memory(config: Config, report: CheckReport, gpu: str | None, gpus: int) -> None:
+    from llm_finetuning.estimate import estimate
+
+    try:
+        result = estimate(config, gpu=gpu, gpus=gpus)
+    except UserError as exc:
+        level = "error" if gpu else "warning"  # asked to check a GPU: not knowing is a failure
+        report.add(level, "memory estimate", f"not available: {exc}")
+        return
+    report.estimate = result
+    peak = result.memory.total / 2**30
+    if gpu is None:
+        fitting = ", ".join(g.name for g in result.fitting_gpus()) or "none of the table's GPUs"
+        report.add("info", "memory estimate", f"{peak:.1f} GiB per device at peak; fits {fitting}")
+    elif result.fits:
+        report.add("info", "memory estimate", f"{peak:.1f} GiB per device at peak: fits {result.gpu.name}")
+    else:
+        report.add(
+            "error",
+            "memory estimate",
+            f"{peak:.1f} GiB per device at peak does not fit {result.gpu.name} "
+            f"({result.gpu.memory_bytes / 2**30:.0f} GiB); `llmft estimate CONFIG --gpu {gpu}` suggests changes "
+            "that fit.",
+        )
 
 
 def _check_rewards(config: Config, rows: list[dict], report: CheckReport) -> None:

@@ -17,9 +17,12 @@ def check(
     overrides: list[str] = typer.Argument(None, help="Dotted overrides: data.max_length=2048 ..."),
     rows: int = typer.Option(200, "--rows", min=1, help="Rows sampled from every data source."),
     examples: int = typer.Option(2, "--examples", min=0, help="Examples shown with their trained tokens."),
+    gpu: str = typer.Option(None, "--gpu", help="Fail when the memory estimate does not fit this GPU (H100, L4...)."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Devices the run is spread over (for the memory estimate)."),
 ) -> None:
     """Check CONFIG before training: config, data rows, masked examples, lengths, EOS and pad, reward
-    contracts. Exits 1 when a check fails; warnings name likely mistakes and leave the exit code at 0."""
+    contracts, the exported chat template, the memory estimate. Exits 1 when a check fails; warnings name likely
+    mistakes and leave the exit code at 0."""
     setup_logging()
     from llm_finetuning.check.preflight import run_checks
     from llm_finetuning.config import load_config
@@ -27,7 +30,7 @@ def check(
 
     resolved = load_config(config, overrides or [])
     console.print(f"[green]config valid[/]: {escape(config)}")
-    report = run_checks(resolved, rows)
+    report = run_checks(resolved, rows, gpu, gpus)
     for sample in report.sources:
         console.print(
             f"\n[bold]{escape(sample.label)}[/] ({sample.split}): {sample.rows} rows sampled, "
