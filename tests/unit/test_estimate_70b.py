@@ -100,3 +100,32 @@ def test_the_estimate_loads_no_model_code(config_json):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False", "False"]
+
+
+def test_suggested_overrides_applied_by_the_config_loader_fit(config_json, tmp_path):
+    from llm_finetuning.config import load_config
+
+    path = tmp_path / "full.yaml"
+    path.write_text(json.dumps(config().model_dump(mode="json", exclude_unset=True)))
+    result = estimate(load_config(path), model_config=config_json, gpu="H100")
+    together = next(s for s in result.suggestions if s.label == "all of these together")
+    assert together.fits and "adapter.method=lora" in together.overrides
+    again = estimate(load_config(path, together.overrides), model_config=config_json, gpu="H100")
+    assert again.fits and again.memory.total == pytest.approx(together.total_bytes)
+
+
+def test_smaller_micro_batches_keep_the_effective_batch(config_json):
+    qlora = config(
+        model={"quantization": "nf4"},
+        adapter={"method": "lora", "r": 16},
+        training={"per_device_batch_size": 8, "gradient_accumulation_steps": 2},
+    )
+    result = estimate(qlora, model_config=config_json, gpu="H100")
+    assert result.fits is False
+    smaller = next(s for s in result.suggestions if s.label.startswith("smaller micro-batches"))
+    values = dict(o.split("=") for o in smaller.overrides)
+    batch, accumulation = (
+        int(values["training.per_device_batch_size"]),
+        int(values["training.gradient_accumulation_steps"]),
+    )
+    assert batch < 8 and batch * accumulation == 16 and smaller.fits

@@ -192,3 +192,24 @@ def test_tiny_is_built_from_model_tiny(tmp_path):
     shape = result.shape
     assert (shape.hidden_size, shape.num_layers, shape.intermediate_size, shape.vocab_size) == (32, 3, 128, 260)
     assert shape.tie_word_embeddings and result.source == "model.tiny"
+
+
+def test_grpo_sampling_time_is_bound_by_memory_bandwidth(tmp_path):
+    grpo = config(
+        tmp_path,
+        method={"name": "grpo", "rewards": [{"name": "r", "function": "m:f"}], "num_generations": 4},
+        data={"train": {"path": str(tmp_path / "train.jsonl"), "format": "prompt_only"}, "max_length": 128},
+        training={"per_device_batch_size": 4, "gradient_accumulation_steps": 1},
+    )
+    result = estimate(grpo, gpu="H100")
+    shape, gpu = result.shape, result.gpu
+    sequences, prompt, completion = 4, 128, 256
+    kv_per_token = shape.num_layers * 2 * shape.kv_width * 2  # bf16 keys and values
+    weights = shape.total_params * 2
+    per_token = (weights + sequences * kv_per_token * (prompt + completion / 2)) / (gpu.bandwidth_tbs * 1e12 * 0.5)
+    stack = (
+        2 * shape.num_layers * shape.layer_linear_params + 2 * (prompt + completion) * shape.q_width * shape.num_layers
+    )
+    prefill = sequences * prompt * stack / (gpu.tflops * 1e12 * 0.35)
+    assert result.throughput.generation_seconds_per_step == pytest.approx(prefill + completion * per_token)
+    assert result.memory.phases["generation"] > result.memory.components["kv cache"] > 0

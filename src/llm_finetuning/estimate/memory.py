@@ -4,9 +4,12 @@ A step goes through phases, and the peak is the largest of them (summing every c
 activations and gradients together, which never peak at once when gradients are freed after each step):
 
   generation   (GRPO/PPO) resident state + KV cache of the sampled sequences + prefill and sampling buffers
-  backward     resident state + gradients held over from earlier micro-batches + all saved activations
-               + the loss's backward buffers (the largest moment for most configs)
-  late backward resident state + all gradients + the layer being recomputed (checkpointing)
+  forward      resident state + gradients held over from earlier micro-batches + all saved activations
+               + the LM head's forward buffers
+  backward     the same with the loss's backward buffers, or the gradients inside the last layer's backward
+               (the largest moment for most configs)
+  late backward resident state + all gradients + the layer being recomputed (checkpointing) and the
+               gradients inside its backward
   optimizer    resident state + all gradients + the optimizer's temporary buffers
 
 "Resident state" is the weights (quantized where configured), the optimizer states, a reference or reward
@@ -204,8 +207,9 @@ def breakdown(plan: Plan) -> Breakdown:
     held = grads if plan.accumulation > 1 else 0.0  # gradients of earlier micro-batches
 
     out.phases["forward"] = resident + held + saved + head_kept + forward_extra + casts
-    out.phases["backward"] = resident + held + saved + head_kept + backward_extra + casts
-    out.phases["late backward"] = resident + grads + c["recomputed layer"]
+    workspace = activations.backward_workspace(plan)
+    out.phases["backward"] = resident + held + saved + head_kept + max(backward_extra, workspace) + casts
+    out.phases["late backward"] = resident + grads + c["recomputed layer"] + workspace
     out.phases["optimizer step"] = resident + grads + step_temp
     if plan.generation is not None:
         c["kv cache"] = kv_cache(plan)

@@ -16,6 +16,7 @@ from llm_finetuning.estimate.gpus import GPU
 # total bytes a variant needs on one device: (config, devices, sharding) -> bytes
 Measure = Callable[[Config, int, str], float]
 DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
+MEANINGFUL = 0.99  # a change is listed when it saves at least 1% of the memory
 
 
 @dataclass
@@ -82,7 +83,7 @@ def suggest(
 
     def add(label: str, overrides: list[str], options: list[str] | None = None, total: float | None = None) -> None:
         total = measure(_apply(config, overrides), gpus, sharding) if total is None else total
-        if total < current:
+        if total < MEANINGFUL * current:
             out.append(Suggestion(label, overrides, options or [], total, total <= budget))
 
     for label, overrides in _candidates(config):
