@@ -235,3 +235,12 @@ def test_eval_paths_in_a_yaml_file_are_relative_to_it(tmp_path, write_yaml, writ
     assert loaded.tasks[1].path is None
     assert loaded.golden.path == str(tmp_path / "configs" / "golden.yaml")
     assert loaded.golden.baseline == str(tmp_path / "models" / "base")
+
+
+@pytest.mark.parametrize("module", ["llm_finetuning.evaluation.config", "llm_finetuning.evaluation.golden"])
+def test_evaluation_modules_import_first_without_a_cycle(module):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

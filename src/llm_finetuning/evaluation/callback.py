@@ -27,10 +27,14 @@ class GoldenRegression(UserError):
     """The fine-tuned model fails golden items its baseline passed, beyond the tolerance."""
 
 
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
 def _is_main() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
+    return _world_size() == 1 or torch.distributed.get_rank() == 0
 
 
 def describe_regression(report: Any) -> str:
@@ -48,6 +52,9 @@ class TaskEvalCallback(TrainerCallback):
 
     def __init__(self, config: Any, run: RunDir, tokenizer: Any) -> None:
         self.section = config.eval
+        strategy = getattr(getattr(config, "distributed", None), "strategy", "ddp")
+        # FSDP/DeepSpeed shard the weights: no single process can generate with the model being trained.
+        self.sharded = _world_size() > 1 and strategy != "ddp"
         self.run = run
         self.tokenizer = tokenizer
         self.settings = EvalSettings.from_config(self.section)
@@ -76,6 +83,10 @@ class TaskEvalCallback(TrainerCallback):
             return
         if not state.is_world_process_zero:
             return
+        if self.sharded:
+            if state.global_step == every:
+                logger.warning("eval.tasks_every_steps is skipped with sharded weights (FSDP/DeepSpeed)")
+            return
         folder = self.run.root / "eval" / f"step-{state.global_step}"
         results = evaluate(model, self.tokenizer, self.section.tasks, self.settings, folder, self.judge)
         self._log(state.global_step, flat_metrics(results))
@@ -85,6 +96,11 @@ class TaskEvalCallback(TrainerCallback):
         `GoldenRegression` after writing every result when the golden set regressed and `fail_run` is set."""
         if not _is_main() or not (self.section.tasks or self.section.golden):
             return {}
+        if _world_size() > 1:
+            # The in-memory model may be sharded or wrapped; the saved final/ is the complete one.
+            from llm_finetuning.serve.generation import load_for_inference
+
+            model, tokenizer = load_for_inference(self.run.final)
         found: dict[str, float] = {}
         summary: dict[str, Any] = {}
         if self.section.tasks:
