@@ -183,3 +183,12 @@ def test_the_memory_estimate_is_part_of_the_check(tmp_path, write_jsonl, qa_rows
     result = CliRunner().invoke(app, ["check", str(path), "--rows", "4", "--gpu", "L4"])
     assert result.exit_code == 1 and "does not fit L4" in result.output
     assert CliRunner().invoke(app, ["check", str(path), "--rows", "4"]).exit_code == 0  # without --gpu: info only
+
+
+def test_duplicates_before_an_eval_split_are_warned_unless_cleaned(tmp_path, write_jsonl, qa_rows):
+    # qa_rows holds every word twice: 10 of its 20 rows repeat an earlier one.
+    data = write_jsonl(qa_rows)
+    report = run_checks(config(tmp_path, data, data={"eval_split": 0.2}), 50)
+    assert any("10 of 20 sampled training rows repeat an earlier row" in f for f in findings(report, "warning"))
+    report = run_checks(config(tmp_path, data, data={"eval_split": 0.2, "clean": {}}), 50)
+    assert not any("repeat an earlier row" in f for f in findings(report, "warning"))

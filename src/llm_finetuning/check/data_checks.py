@@ -58,6 +58,9 @@ def sample_sources(
         _measure(config, tokenizer, [r for _, r in loaded], sample, report)
     _check_kto_balance(config, records["train"], report)
     _check_overlap(records, report)
+    deduplicated = config.data.clean is not None and config.data.clean.dedup.exact
+    if not config.data.eval and config.data.eval_split and not deduplicated:
+        _check_duplicates_before_split(records["train"], report)
     return records
 
 
@@ -174,4 +177,22 @@ def _check_overlap(records: dict[str, list[dict[str, Any]]], report: CheckReport
             f"{shared} of {len(records['eval'])} sampled evaluation rows also appear in the training data: the "
             "evaluation would flatter the model. Remove them (`data.clean` with decontamination against the "
             "evaluation set does it).",
+        )
+
+
+def _check_duplicates_before_split(records: list[dict[str, Any]], report: CheckReport) -> None:
+    """`data.eval_split` carves the evaluation rows out of the training data: a row repeated in it can land on
+    both sides."""
+    seen: set[str] = set()
+    repeated = 0
+    for record in records:
+        key = _fingerprint(record)
+        repeated += key in seen
+        seen.add(key)
+    if repeated:
+        report.add(
+            "warning",
+            "data.eval_split",
+            f"{repeated} of {len(records)} sampled training rows repeat an earlier row: the split can put copies "
+            "on both sides, flattering the evaluation. Set `data.clean: {}` (exact deduplication runs before it).",
         )
