@@ -213,3 +213,47 @@ def test_grpo_sampling_time_is_bound_by_memory_bandwidth(tmp_path):
     prefill = sequences * prompt * stack / (gpu.tflops * 1e12 * 0.35)
     assert result.throughput.generation_seconds_per_step == pytest.approx(prefill + completion * per_token)
     assert result.memory.phases["generation"] > result.memory.components["kv cache"] > 0
+
+
+def test_more_input_errors(tmp_path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="list.json: expected a JSON object"):
+        estimate(config(tmp_path), model_config=tmp_path / "list.json")
+    own = tmp_path / "gpus.yaml"
+    own.write_text(yaml.safe_dump({"gpus": [{"memory_gib": 10}]}))
+    with pytest.raises(UserError, match=r"gpus\[0\] needs a `name`"):
+        load_table(own)
+    tiny = {"name": "tiny", "tokenizer": str(tmp_path)}
+    with pytest.raises(UserError, match="model.tokenizer: no tokenizer.json in"):
+        estimate(config(tmp_path, model=tiny))
+    vocab = {"model": {"vocab": {"a": 0, "b": 1, "c": 2}}, "added_tokens": [{"id": 3, "content": "<pad>"}]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(vocab))
+    assert estimate(config(tmp_path, model=tiny)).shape.vocab_size == 4
+
+
+def test_packing_counts_examples_per_sequence_from_avg_tokens(tmp_path):
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": str(i)}) + "\n" for i in range(640)))
+    packed = config(
+        tmp_path,
+        method="sft",
+        data={"packing": True, "train": {"path": str(tmp_path / "train.jsonl"), "format": "text"}},
+    )
+    plain = estimate(packed, gpu="H100")
+    assert plain.throughput.steps_per_epoch == 640 // 8  # without --avg-tokens: one example per sequence
+    assert any("without --avg-tokens" in m for _, m in plain.notes.items)
+    assert estimate(packed, gpu="H100", avg_tokens=128).throughput.steps_per_epoch == 640 // (8 * 4)
+    with pytest.raises(UserError, match="--avg-tokens: must be a positive number"):
+        estimate(packed, avg_tokens=0)
+
+
+def test_distributed_section_sets_sharding_and_offload(tmp_path):
+    fsdp = config(tmp_path, distributed={"strategy": "fsdp", "cpu_offload": True})
+    result = estimate(fsdp, gpus=4)
+    c = result.memory.components
+    assert result.plan.sharding == "zero3" and result.plan.offload == "all"
+    assert c["weights"] == c["gradients"] == c["optimizer states"] == 0 < c["gathered layer weights"]
+    assert any("kept in CPU memory" in m for _, m in result.notes.items)
+    zero2 = estimate(config(tmp_path, distributed={"strategy": "deepspeed", "zero_stage": 2}), gpus=4)
+    assert zero2.plan.sharding == "zero2"
+    offloaded = estimate(config(tmp_path, distributed={"strategy": "deepspeed", "cpu_offload": True}), gpus=4)
+    assert offloaded.memory.components["optimizer states"] == 0 < offloaded.memory.components["gradients"]
