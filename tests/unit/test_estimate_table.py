@@ -207,6 +207,7 @@ def test_grpo_sampling_time_is_bound_by_memory_bandwidth(tmp_path):
     kv_per_token = shape.num_layers * 2 * shape.kv_width * 2  # bf16 keys and values
     weights = shape.total_params * 2
     per_token = (weights + sequences * kv_per_token * (prompt + completion / 2)) / (gpu.bandwidth_tbs * 1e12 * 0.5)
+    per_token += 0.25e-3 * shape.num_layers  # generate's launch overhead per layer and token
     stack = (
         2 * shape.num_layers * shape.layer_linear_params + 2 * (prompt + completion) * shape.q_width * shape.num_layers
     )

@@ -209,7 +209,10 @@ def breakdown(plan: Plan) -> Breakdown:
     out.phases["forward"] = resident + held + saved + head_kept + forward_extra + casts
     workspace = activations.backward_workspace(plan)
     out.phases["backward"] = resident + held + saved + head_kept + max(backward_extra, workspace) + casts
-    out.phases["late backward"] = resident + grads + c["recomputed layer"] + workspace
+    # A tied embedding's gradient from the lookup is built whole, then added to the LM head's.
+    tied = shape.embedding_params * _kind_bytes(plan, BASE) if shape.tie_word_embeddings else 0.0
+    tied = tied if plan.params.embedding_trains else 0.0
+    out.phases["late backward"] = resident + grads + c["recomputed layer"] + workspace + tied
     out.phases["optimizer step"] = resident + grads + step_temp
     if plan.generation is not None:
         c["kv cache"] = kv_cache(plan)

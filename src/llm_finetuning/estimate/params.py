@@ -54,6 +54,8 @@ class Params:
     """Whether normalisation weights train (then their normalised input is kept for the backward)."""
     head_trains: bool = False
     """Whether the output layer's weight trains (its gradient is built at the start of the backward)."""
+    embedding_trains: bool = False
+    """Whether the input embeddings train (their gradient is built at the end of the backward)."""
     virtual_tokens: int = 0
     """Tokens prompt-learning methods prepend to every sequence."""
 
@@ -130,7 +132,7 @@ def count(shape: ModelShape, adapter: AnyAdapter) -> Params:
         params.trainable = [(s, layers, BASE) for s in _layer_tensors(shape)]
         for tensors in _outside_tensors(shape).values():
             params.trainable += [(s, 1, BASE) for s in tensors]
-        params.norms_train = params.head_trains = True
+        params.norms_train = params.head_trains = params.embedding_trains = True
     elif isinstance(adapter, FreezeAdapter):
         _count_freeze(shape, adapter, params)
     elif isinstance(adapter, LoraAdapter):
@@ -164,6 +166,7 @@ def _count_freeze(shape: ModelShape, adapter: FreezeAdapter, params: Params) -> 
         target = "embed_tokens" if name == "lm_head" and shape.tie_word_embeddings else name
         params.trainable += [(s, 1, BASE) for s in outside[target]]
         params.head_trains |= name in ("lm_head", "score") or (name == "embed_tokens" and shape.tie_word_embeddings)
+        params.embedding_trains |= target == "embed_tokens"
     params.norms_train = chosen > 0 and (not adapter.modules or any("norm" in m for m in adapter.modules))
 
 

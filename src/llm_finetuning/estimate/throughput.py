@@ -7,7 +7,8 @@ FLOPs per token and decoder stack, with B the matmul parameters of the layers an
 Full fine-tuning is thus ~6N per token, LoRA ~4N. The LM head adds 2 x vocab x hidden per scored position and
 pass (the fused head recomputes it in the backward). Passes without gradients (reference model, old
 log-probs) cost a forward. Sampling in GRPO/PPO is bounded by memory bandwidth: each new token reads the
-weights and the KV cache once for all sequences sampled together.
+weights and the KV cache once for all sequences sampled together; transformers' `generate` adds a fixed
+cost per layer and token (kernel launches from Python).
 
 Time = FLOPs / (peak TFLOP/s x utilisation), bandwidth-bound generation at `BANDWIDTH_UTILISATION`.
 Communication between devices is not modelled (data parallel steps are assumed to overlap it).
@@ -24,6 +25,9 @@ from llm_finetuning.estimate.params import ADAPTER, BASE
 from llm_finetuning.estimate.plan import Plan
 
 BANDWIDTH_UTILISATION = 0.5  # fraction of peak memory bandwidth that token-by-token sampling reaches
+# transformers' `generate` launches a dozen kernels per decoder layer and token from Python (no CUDA graphs):
+# an assumed fixed cost per layer and generated token, which dominates sampling with small models.
+DECODE_LAYER_OVERHEAD_S = 0.25e-3
 
 
 @dataclass
@@ -102,6 +106,7 @@ def _generation_seconds(plan: Plan, gpu: GPU, utilization: float) -> float:
     for_flops = gen.sequences * (stack_ng + head_ng) / (gpu.tflops * 1e12 * utilization)
     kv_read = gen.sequences * kv_per_token * (gen.prompt + gen.completion / 2)
     per_token = max((weights + kv_read) / (gpu.bandwidth_tbs * 1e12 * BANDWIDTH_UTILISATION), for_flops)
+    per_token += DECODE_LAYER_OVERHEAD_S * shape.num_layers
     return prefill + gen.completion * per_token
 
 
