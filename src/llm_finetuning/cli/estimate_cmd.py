@@ -40,7 +40,7 @@ def estimate(
     gpu: str = typer.Option(None, "--gpu", help="GPU of the table to check against: H100, A100-40GB, L4, ..."),
     gpus: int = typer.Option(1, "--gpus", help="Devices the run is spread over."),
     sharding: str = typer.Option(
-        None, "--sharding", help="none, zero1, zero2, zero3 or fsdp (default: from training.extra, else none)."
+        None, "--sharding", help="none, zero1, zero2, zero3 or fsdp (default: the config's distributed: section)."
     ),
     model_config: str = typer.Option(
         None, "--model-config", help="The model's config.json, when model.name is a hub id not in the local cache."
