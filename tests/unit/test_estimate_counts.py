@@ -100,8 +100,7 @@ ADAPTERS = [
 ]
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "phi"])
+@pytest.mark.parametrize(("model_type", "tied"), [("llama", False), ("llama", True), ("qwen2", True), ("phi", False)])
 @pytest.mark.parametrize("adapter", ADAPTERS, ids=[f"{i}-{a.method}" for i, a in enumerate(ADAPTERS)])
 def test_trainable_and_total_equal_peft(model_type, tied, adapter):
     config = hf_config(model_type, tie_word_embeddings=tied)
