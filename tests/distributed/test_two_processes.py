@@ -41,6 +41,25 @@ def write_config(tmp: Path, name: str, data_path: Path, batch: int, **sections) 
     return path
 
 
+def grpo_config(tmp: Path, reward: str, name: str = "digits", **sections) -> Path:
+    prompts = tmp / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Count to {i}", "answer": str(i)}) + "\n" for i in range(8)))
+    return write_config(
+        tmp,
+        "grpo",
+        prompts,
+        batch=4,
+        method={
+            "name": "grpo",
+            "num_generations": 4,
+            "max_completion_length": 8,
+            "rewards": [{"name": name, "function": reward}],
+        },
+        data={"train": {"path": str(prompts), "format": "prompt_only"}, "max_length": 64},
+        **sections,
+    )
+
+
 def losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
@@ -112,18 +131,7 @@ def test_dpo_and_grpo_run_with_two_processes(runs, tmp_path):
         data={"train": {"path": str(dpo_data), "format": "preference"}, "max_length": 64},
         training={"max_steps": 2},
     )
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"Count to {i}", "answer": str(i)}) + "\n" for i in range(8)))
-    reward = {"name": "digits", "function": "tests.e2e.grpo_rewards:digit_share"}
-    grpo = write_config(
-        tmp_path,
-        "grpo",
-        prompts,
-        batch=4,
-        method={"name": "grpo", "num_generations": 4, "max_completion_length": 8, "rewards": [reward]},
-        data={"train": {"path": str(prompts), "format": "prompt_only"}, "max_length": 64},
-        training={"max_steps": 2},
-    )
+    grpo = grpo_config(tmp_path, "tests.e2e.grpo_rewards:digit_share", training={"max_steps": 2})
     for config, run in ((dpo, tmp_path / "dpo"), (grpo, tmp_path / "grpo")):
         result = llmft("train", str(config), "--nproc", "2", cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -132,17 +140,7 @@ def test_dpo_and_grpo_run_with_two_processes(runs, tmp_path):
 
 
 def test_a_failing_process_stops_the_run_with_a_clear_message(tmp_path):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"Count to {i}", "answer": str(i)}) + "\n" for i in range(8)))
-    reward = {"name": "flaky", "function": "tests.e2e.grpo_rewards:fails_on_rank_1"}
-    config = write_config(
-        tmp_path,
-        "grpo",
-        prompts,
-        batch=4,
-        method={"name": "grpo", "num_generations": 4, "max_completion_length": 8, "rewards": [reward]},
-        data={"train": {"path": str(prompts), "format": "prompt_only"}, "max_length": 64},
-    )
+    config = grpo_config(tmp_path, "tests.e2e.grpo_rewards:fails_on_rank_1", name="flaky")
     result = llmft("train", str(config), "--nproc", "2", cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 1
