@@ -25,7 +25,8 @@ def list_recipes(
         console.print(f"No recipe starts with `{escape(prefix)}`; `llmft recipes list` shows them all.")
         raise typer.Exit(1)
     table = Table(header_style="bold")
-    for column in ("name", "method", "adapter", "model", "trains"):
+    table.add_column("name", no_wrap=True)  # whole, so it can be copied into `llmft train`
+    for column in ("method", "adapter", "model", "trains"):
         table.add_column(column, overflow="fold")
     for recipe in recipes:
         config = load_config(recipe.path)

@@ -46,10 +46,6 @@ class Recipe:
         end = text.find(". ")
         return text if end < 0 else text[: end + 1]
 
-    @property
-    def paradigm(self) -> str:
-        return self.name.split("/", 1)[0]
-
 
 def recipes_root() -> Path:
     """The folder holding the recipes (inside the installed package)."""
