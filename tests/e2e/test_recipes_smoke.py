@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from llm_finetuning.cli.main import app
@@ -42,16 +41,6 @@ PEFT_TYPE = {"lora": "LORA", "dora": "LORA", "prefix": "PREFIX_TUNING", "p_tunin
 def _shared_data() -> None:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} not found (set LLMFT_SHARED_DATA)")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """Tiny models run faster on one thread: their matrices are too small to split, and a second thread that waits
-    for a busy core (other processes) makes each matmul up to 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
