@@ -79,6 +79,13 @@ def test_conflicting_options_name_both(write_yaml):
     assert "`training.warmup_ratio` and `training.warmup_steps` cannot both be set" in message
 
 
+def test_prefix_tuning_with_gradient_checkpointing_is_refused(write_yaml):
+    text = MINIMAL + "adapter: {method: prefix}\ntraining: {gradient_checkpointing: true}\n"
+    assert "`adapter.method: prefix` cannot be used with `training.gradient_checkpointing: true`" in error_of(
+        write_yaml(text)
+    )
+
+
 def test_tiny_shape_with_a_hub_model_is_a_conflict(write_yaml):
     message = error_of(write_yaml(MINIMAL + "model: {name: org/model, tiny: {hidden_size: 8}}\n"))
     assert "`model.tiny` only applies when `model.name` is `tiny`" in message

@@ -362,6 +362,11 @@ class Config(Section):
                 f"`data.packing: true` cannot be used with `adapter.method: {method}`: its virtual tokens are "
                 "prepended once per sequence, so packed examples would share them. Choose one"
             )
+        if method == "prefix" and self.training.gradient_checkpointing:
+            raise ValueError(
+                "`adapter.method: prefix` cannot be used with `training.gradient_checkpointing: true`: the recomputed "
+                "layers see the attention mask without the prefix positions (transformers + PEFT). Turn one off"
+            )
         if self.data.packing and self.method.name == "pretrain":
             raise ValueError(
                 "`data.packing: true` has no effect with `method.name: pretrain`, whose text is already cut into "
