@@ -16,6 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from llm_finetuning.config.schema import Config
 from llm_finetuning.data.pipeline import PreparedData, prepare_data
 from llm_finetuning.methods.common import apply_extra, training_arguments
+from llm_finetuning.models.lm_head import use_plain_lm_head
 from llm_finetuning.runs.rundir import RunDir
 
 
@@ -43,7 +44,7 @@ def build_trainer(
         shuffle_dataset=False,  # the trainer's sampler shuffles every epoch with training.seed
     )
     args = SFTConfig(**apply_extra(arguments, config.training.extra, SFTConfig))
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
@@ -51,3 +52,5 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    use_plain_lm_head(trainer)  # TRL's fused head is slow without Triton (CPU); same loss, computed plainly
+    return trainer
