@@ -61,7 +61,7 @@ def test_parameter_totals_by_hand():
 
 @pytest.mark.parametrize(("dtype", "bytes_per"), [("float32", 4), ("bfloat16", 2), ("float16", 2)])
 def test_full_weights_gradients_and_adam_follow_the_dtype(dtype, bytes_per):
-    _, mem = memory(config(model={"dtype": dtype}))
+    _, mem = memory(config(model={"dtype": dtype}, training={"optimizer": "adamw_torch"}))
     c = mem.components
     assert c["weights"] == P * bytes_per
     assert c["gradients"] == P * bytes_per

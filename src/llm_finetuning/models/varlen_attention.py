@@ -1,0 +1,142 @@
+"""Variable-length attention over sdpa: each example of a packed or padding-free row attends only to itself.
+
+TRL's padding-free collator puts a whole batch (or several packed rows) into one row whose positions restart at
+every example. With sdpa, transformers turns that row into a block-diagonal mask over its full length, so attention
+costs (sum of lengths)^2 and builds a mask that large, instead of the sum of each example's length^2. This attention
+cuts the row at the example boundaries (`cu_seq_lens_q` from the collator, or where `position_ids` restart) and runs
+causal sdpa on each example: what flash-attention's varlen kernel does on GPUs, for every device sdpa runs on.
+
+Batches with a padding mask, generation with a KV cache, and a row without boundaries fall through to transformers'
+own sdpa path, so the model behaves as with `sdpa` everywhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
+
+logger = logging.getLogger(__name__)
+
+NAME = "llmft_sdpa_varlen"
+
+
+def segment_lengths(kwargs: dict[str, Any], length: int) -> list[int] | None:
+    """Lengths of the examples in a one-row batch, or None when the row is a single sequence."""
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is not None:
+        edges = [int(b) for b in bounds.tolist()]
+        if edges[0] == 0 and edges[-1] == length:
+            lengths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+            return lengths if len(lengths) > 1 else None
+    positions = kwargs.get("position_ids")
+    if positions is None or positions.shape[-1] != length:
+        return None
+    starts = (positions.reshape(-1, length)[0] == 0).nonzero().flatten().tolist()
+    starts = sorted({0, *starts})
+    if len(starts) == 1:
+        return None
+    return [b - a for a, b in zip(starts, [*starts[1:], length], strict=True)]
+
+
+def varlen_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: per-example causal sdpa on a packed row, sdpa otherwise."""
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    lengths = None
+    if attention_mask is None and causal and query.shape[0] == 1 and query.shape[2] == key.shape[2]:
+        lengths = segment_lengths(kwargs, query.shape[2])
+    if lengths is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    # split/cat keep the backward to one gradient tensor each (slicing would build a full-size one per example)
+    pieces = [
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+        for q, k, v in zip(
+            query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), strict=True
+        )
+    ]
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def varlen_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = causal_mask_function,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor | None:
+    """No mask where there is no padding and no cache (the attention is causal per example); sdpa's otherwise."""
+    if attention_mask is None and q_length == kv_length and q_offset == 0 and kv_offset == 0:
+        return None
+    return sdpa_mask(
+        batch_size,
+        q_length,
+        kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        mask_function=mask_function,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
+
+
+AttentionInterface.register(NAME, varlen_sdpa_attention)
+AttentionMaskInterface.register(NAME, varlen_mask)
+
+
+def supports_varlen(model: PreTrainedModel) -> bool:
+    """Models whose attention the per-example path reproduces: causal, no sliding window, no logit soft-capping."""
+    config = model.config.get_text_config()
+    layer_types = getattr(config, "layer_types", None) or []
+    sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+    return not (
+        sliding
+        or any(kind != "full_attention" for kind in layer_types)
+        or getattr(config, "attn_logit_softcapping", None)
+        or not getattr(config, "is_causal", True)
+        or getattr(config, "_attn_implementation", None) != "sdpa"
+    )
+
+
+def use_varlen_attention(model: Any) -> bool:
+    """Switch an sdpa model to the per-example path when that keeps packed examples apart; True when switched.
+
+    The switch is checked on the model itself (two sequences packed into one row against each alone) and undone if
+    the check fails.
+    """
+    from llm_finetuning.models.packing import packed_attention_is_isolated
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(base, PreTrainedModel) or not supports_varlen(base):
+        return False
+    try:
+        base.set_attn_implementation(NAME)
+    except (ValueError, ImportError) as exc:
+        logger.debug("varlen attention not available for %s: %s", type(base).__name__, exc)
+        return False
+    if base.config._attn_implementation != NAME or not packed_attention_is_isolated(base):
+        base.set_attn_implementation("sdpa")
+        return False
+    logger.info("attention: per-example sdpa on packed rows (%s)", NAME)
+    return True
