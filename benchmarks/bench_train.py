@@ -73,7 +73,7 @@ class Scenario:
     padding_free: bool | None = None
     optimizer: str | None = None
     gradient_checkpointing: bool | None = None
-    attention: str = "sdpa"
+    attention: str | None = None  # None: ours `auto`, plain runners `sdpa`
     liger: bool = False
     batch: int | None = None  # per-device batch (None: the suite's)
     needs: tuple[str, ...] = ()  # cuda, flash_attn, liger_kernel, unsloth
@@ -95,26 +95,36 @@ class Suite:
 PLAIN_LORA_DROPOUT = 0.05  # PEFT/TRL examples' usual LoRA dropout, what the plain baselines use
 
 
-def cpu_suite(shape: str, dataset: str, batch: int, samples: int) -> Suite:
+def cpu_suite(shape: str, dataset: str, batch: int, samples: int, full: bool = True) -> Suite:
+    """Our defaults (`llmft-sft`) against the plain baselines, and each fast setting against its off switch.
+
+    `llmft-sft` is every default of the toolkit (LoRA r16 with dropout 0.05, padding-free batches with per-example
+    attention, bf16 autocast where the CPU is native bf16, fused AdamW); it appears in several groups, run once.
+    """
     scenarios = [
         Scenario("hf-trainer-padded", runner="hf"),
+        Scenario("hf-full-padded", runner="hf", adapter="full"),
         Scenario("trl-sft-defaults", runner="trl"),
-        Scenario("llmft-sft"),  # our defaults, whatever they are
+        Scenario("llmft-sft"),
         Scenario("llmft-fp32", precision="no"),
-        Scenario("llmft-bf16", precision="bf16"),
-        Scenario("llmft-padded", packing=False, padding_free=False),
-        Scenario("llmft-padding-free", packing=False, padding_free=True),
+        Scenario("llmft-padded", padding_free=False),
         Scenario("llmft-packed", packing=True),
+        Scenario("llmft-packed-sdpa-mask", packing=True, attention="sdpa"),
         Scenario("llmft-full", adapter="full"),
-        Scenario("llmft-lora-dropout", lora_dropout=PLAIN_LORA_DROPOUT),
-        Scenario("llmft-lora", lora_dropout=0.0),
+        Scenario("llmft-full-adamw", adapter="full", optimizer="adamw_torch"),
+        Scenario("llmft-lora-no-dropout", lora_dropout=0.0),
     ]
     groups = [
         ("paths", "hf-trainer-padded", ["hf-trainer-padded", "trl-sft-defaults", "llmft-sft"]),
-        ("precision", "llmft-fp32", ["llmft-fp32", "llmft-bf16"]),
-        ("padding", "llmft-padded", ["llmft-padded", "llmft-padding-free", "llmft-packed"]),
-        ("adapter", "llmft-full", ["llmft-full", "llmft-lora-dropout", "llmft-lora"]),
+        ("precision", "llmft-fp32", ["llmft-fp32", "llmft-sft"]),
+        ("padding", "llmft-padded", ["llmft-padded", "llmft-sft", "llmft-packed", "llmft-packed-sdpa-mask"]),
+        ("adapter", "llmft-full", ["llmft-full", "llmft-sft", "llmft-lora-no-dropout"]),
+        ("plain-peft", "hf-full-padded", ["hf-full-padded", "hf-trainer-padded"]),
+        ("optimizer", "llmft-full-adamw", ["llmft-full-adamw", "llmft-full"]),
     ]
+    if not full:  # the wide model: the groups the targets need
+        keep = {"paths", "precision", "padding", "adapter", "plain-peft"}
+        groups = [(g, b, [n for n in names if n != "llmft-packed-sdpa-mask"]) for g, b, names in groups if g in keep]
     return Suite(shape, dataset, batch, 512, samples, scenarios, groups)
 
 
@@ -148,7 +158,8 @@ def gpu_suite(shape: str) -> Suite:
 SUITES = {
     "cpu-tiny": lambda: cpu_suite("tiny", "alpaca", 8, 400),
     "cpu-tiny-gsm8k": lambda: cpu_suite("tiny", "gsm8k", 8, 400),
-    "cpu-100m": lambda: cpu_suite("100m", "alpaca", 8, 200),
+    "cpu-100m-gsm8k": lambda: cpu_suite("100m", "gsm8k", 4, 300, full=False),
+    "cpu-100m": lambda: cpu_suite("100m", "alpaca", 8, 300, full=False),
     "gpu-1b": lambda: gpu_suite("llama-3.2-1b"),
     "gpu-3b": lambda: gpu_suite("llama-3.2-3b"),
 }
@@ -269,16 +280,20 @@ def run_llmft(scenario: Scenario, suite: Suite, model_path: Path, work: Path, me
     extra: dict[str, Any] = {}
     if scenario.liger:
         extra["use_liger_kernel"] = True
-    if scenario.padding_free is not None:
-        extra["padding_free"] = scenario.padding_free  # TRL's collator option, through training.extra
     if extra:
         training["extra"] = extra
     data: dict[str, Any] = {"train": source(suite), "max_length": suite.max_length}
     if scenario.packing is not None:
         data["packing"] = scenario.packing
+    if scenario.padding_free is not None:
+        data["padding_free"] = scenario.padding_free
     config = Config.model_validate(
         {
-            "model": {"name": str(model_path), "tokenizer": str(TOKENIZER), "attn_implementation": scenario.attention},
+            "model": {
+                "name": str(model_path),
+                "tokenizer": str(TOKENIZER),
+                "attn_implementation": scenario.attention or "auto",
+            },
             "adapter": adapter,
             "data": data,
             "training": training,
@@ -300,7 +315,8 @@ def _records(suite: Suite) -> list[dict[str, Any]]:
 def _plain_model(scenario: Scenario, model_path: Path, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=scenario.attention)
+    attention = scenario.attention or "sdpa"
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=attention)
 
 
 def run_trl(scenario: Scenario, suite: Suite, model_path: Path, work: Path, meter: harness.StepMeter) -> None:
