@@ -71,7 +71,6 @@ def _plain_head_forward(fused: Any) -> Any:
         num_items_in_batch: Any = None,
         **kwargs: Any,
     ) -> Any:
-        temperature = 1.0  # SFT's head is never tempered; TRL's own head handles the tempered callers
         if not fused_lm_head or kwargs.get("output_router_logits") or (labels is None and shift_labels is None):
             return fused(
                 *args,
@@ -90,7 +89,7 @@ def _plain_head_forward(fused: Any) -> Any:
         mask = targets != -100
         picked_targets = targets[mask]
         head = self.get_output_embeddings()
-        logits = head(hidden[mask].to(head.weight.device)).float() / temperature
+        logits = head(hidden[mask].to(head.weight.device)).float()  # SFT's head is never tempered
         log_probs = torch.log_softmax(logits, dim=-1)
         picked = log_probs.gather(-1, picked_targets.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
