@@ -57,6 +57,14 @@ class GRPOMethod(Section):
     """Clipping range of the probability ratio."""
     mask_truncated_completions: bool = False
     """Leave completions cut at `max_completion_length` out of the loss (DAPO's recommendation)."""
+    generation_backend: Literal["transformers", "vllm"] = "transformers"
+    """What samples the completions: `transformers` (the policy's own `generate`, one batched call for all the
+    completions of an optimizer step) or `vllm` (a vLLM engine in the training process sharing the GPU, with the
+    policy's weights synced to it every step: several times faster generation on long completions). `vllm` needs a
+    CUDA GPU and `pip install 'llm-finetuning[vllm]'`."""
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
+    """With `generation_backend: vllm`, the share of GPU memory vLLM reserves for its weights and KV cache; the rest
+    is left to training."""
     log_completions: bool = False
     """Log a sample of prompts, completions and rewards every `training.logging_steps`."""
     judge: JudgeConfig | None = None

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from peft import PeftModel
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from llm_finetuning.config.schema import Config
 from llm_finetuning.data.pipeline import PreparedData, prepare_records
-from llm_finetuning.errors import UserError
+from llm_finetuning.env import is_installed
+from llm_finetuning.errors import ConfigError, UserError
 from llm_finetuning.methods.common import apply_extra, training_arguments
 from llm_finetuning.rewards.contracts import Reward, check_rewards, resolve_rewards
 from llm_finetuning.runs import distributed
@@ -102,6 +104,7 @@ def build_trainer(
         # Evaluation generates a group per prompt too; a smaller eval batch must still hold whole groups.
         num_generations_eval=method.num_generations,
     )
+    arguments.update(generation_arguments(config))
     args = GRPOConfig(**apply_extra(arguments, config.training.extra, GRPOConfig))
     if method.beta > 0 and not isinstance(model, PeftModel):
         _reference_on_disk(model, run)
@@ -116,6 +119,25 @@ def build_trainer(
     )
     trainer.judge = judge
     return trainer
+
+
+def generation_arguments(config: Config) -> dict[str, Any]:
+    """GRPOConfig options of `method.generation_backend`: nothing for `transformers`, colocated vLLM otherwise."""
+    method = config.method
+    if method.generation_backend != "vllm":
+        return {}
+    if not is_installed("vllm"):
+        raise ConfigError(
+            "method.generation_backend: vllm is not installed. `pip install 'llm-finetuning[vllm]'` (CUDA only), or "
+            "set `generation_backend: transformers`."
+        )
+    if not torch.cuda.is_available():
+        raise ConfigError("method.generation_backend: vllm needs a CUDA GPU; use `transformers` on this machine.")
+    return {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": method.vllm_gpu_memory_utilization,
+    }
 
 
 def _reference_on_disk(model: PreTrainedModel, run: RunDir) -> None:
