@@ -1,11 +1,13 @@
 """PPO as a `method`: config -> prompt records, a reward (model or function) and our own `PPOTrainer`.
 
 `PPORun` gives the PPO trainer the small surface the training path expects of a trainer (`train`, `evaluate`,
-`model`), writes every step's statistics to `metrics.jsonl`, and stops at SIGINT/SIGTERM like the others.
+`model`), writes every step's statistics to `metrics.jsonl`, checkpoints to `checkpoints/checkpoint-N` every
+`training.save_steps` steps (at the last step, and when a SIGINT/SIGTERM stops it), and resumes from one exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -19,7 +21,18 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from llm_finetuning.config.schema import PPO_FROM_TRAINING, Config
 from llm_finetuning.data.pipeline import PreparedData, prepare_records
 from llm_finetuning.errors import ConfigError, UserError
-from llm_finetuning.methods.ppo import PPOOptions, PPOTrainer, RewardModelScorer, frozen_copy, save_value_head
+from llm_finetuning.methods.ppo import (
+    CheckpointMismatch,
+    PPOOptions,
+    PPOTrainer,
+    RewardModelScorer,
+    frozen_copy,
+    read_state,
+    save_value_head,
+    write_checkpoint,
+)
+from llm_finetuning.methods.ppo.checkpoint import differences
+from llm_finetuning.runs import distributed
 from llm_finetuning.runs.rundir import RunDir
 from llm_finetuning.runs.signals import GracefulStop
 
@@ -73,6 +86,22 @@ def ppo_options(config: Config, train_rows: int) -> PPOOptions:
         raise ConfigError(f"method: {message.split(' [type=')[0]}") from None
 
 
+def resume_fingerprint(config: Config, rows: list[Any]) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it: every setting that shapes the training, and the
+    prompts themselves (the saved data position indexes them). Not the run's length (`training.max_steps` or
+    `epochs` may change, to extend a run) nor bookkeeping (saving, logging)."""
+    model_keys = {"name", "revision", "tokenizer", "dtype", "quantization", "double_quantization", "tiny"}
+    prompts = json.dumps(rows, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return {
+        "model": config.model.model_dump(mode="json", include=model_keys),
+        "adapter": config.adapter.model_dump(mode="json"),
+        # The shared options come from `training.*` (their `method.*` twins are unused defaults).
+        "method": config.method.model_dump(mode="json", exclude=set(PPO_FROM_TRAINING)),
+        "training": {key: getattr(config.training, key) for key in PPO_FROM_TRAINING.values() if key != "max_steps"},
+        "data": {"prompts_sha256": hashlib.sha256(prompts).hexdigest()[:16]},
+    }
+
+
 class PPORun:
     """The PPO trainer behind the interface of the other methods' trainers."""
 
@@ -89,6 +118,13 @@ class PPORun:
         self.data = data
         self.stop = next((c for c in callbacks if isinstance(c, GracefulStop)), None)
         options = ppo_options(config, len(data.train))
+        # Without `training.save_steps`, one checkpoint per pass over the prompts, as the other methods save one
+        # per epoch.
+        self.save_every = config.training.save_steps or max(1, math.ceil(len(data.train) / options.batch_size))
+        self.save_total_limit = config.training.save_total_limit
+        self.rows = list(data.train)
+        self.fingerprint = resume_fingerprint(config, self.rows)
+        # The reference is copied from the model as loaded, before any checkpoint is restored: the starting policy.
         reference = None if isinstance(model, PeftModel) else frozen_copy(model)
         self.trainer = PPOTrainer(
             model, tokenizer, options, reward_function(config), ref_model=reference, log_fn=self._log
@@ -100,12 +136,28 @@ class PPORun:
         with self.run.metrics.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.requested is not None
+
+    def _after_step(self, stats: dict[str, float]) -> None:
+        step = self.trainer.global_step
+        due = step % self.save_every == 0 or step >= self.trainer.options.total_steps or self._stopping()
+        if due and distributed.is_main():
+            extra = {"config": self.fingerprint}
+            write_checkpoint(self.trainer, self.run.checkpoints, self.save_total_limit, extra)
+
+    def _resume(self, checkpoint: Path) -> None:
+        saved = read_state(checkpoint)["extra"].get("config", {})
+        changed = differences(saved, self.fingerprint)
+        if changed:
+            raise CheckpointMismatch(checkpoint, changed)
+        self.trainer.load_checkpoint(checkpoint, dataset_size=len(self.rows))
+
     def train(self, resume_from_checkpoint: str | None = None) -> SimpleNamespace:
         if resume_from_checkpoint is not None:
-            raise ConfigError("PPO runs cannot be resumed yet; start a new run (--overwrite).")
-        rows = list(self.data.train)
-        history = self.trainer.train(rows, should_stop=(lambda: self.stop.requested) if self.stop else None)
-        last = history[-5:]
+            self._resume(Path(resume_from_checkpoint))
+        self.trainer.train(self.rows, should_stop=self._stopping, on_step=self._after_step)
+        last = self.trainer.history[-5:]  # restored with a checkpoint: the same figures as an uninterrupted run
         metrics = {f"final_{k}": sum(h[k] for h in last) / len(last) for k in ("reward", "kl") if last}
         return SimpleNamespace(metrics=metrics)
 

@@ -15,8 +15,9 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_finetuning.methods.ppo import core
+from llm_finetuning.methods.ppo import checkpoint, core
 from llm_finetuning.methods.ppo.config import PPOOptions
+from llm_finetuning.methods.ppo.prompt_order import PromptOrder
 from llm_finetuning.methods.ppo.reference import ReferencePolicy
 from llm_finetuning.methods.ppo.rewards import RewardFn, check_scores
 from llm_finetuning.methods.ppo.rollout import Prompt, Rollout, eos_token_ids, pad_token_id, sample
@@ -83,8 +84,8 @@ class PPOTrainer:
         _disable_dropout(self.model)
         torch.manual_seed(options.seed)
         # Own generators for mini-batch and prompt order, so neither depends on how much sampling drew.
-        self._batch_order = torch.Generator().manual_seed(options.seed)
-        self._data_order = torch.Generator().manual_seed(options.seed)
+        self.batch_order = torch.Generator().manual_seed(options.seed)
+        self.prompt_order = PromptOrder(options.seed)
 
     # ------------------------------------------------------------------------------------------ one step
     def step(self, prompts: Sequence[Prompt], **extras: Sequence[Any]) -> dict[str, float]:
@@ -188,7 +189,7 @@ class PPOTrainer:
         totals: dict[str, float] = {}
         updates = 0
         for _ in range(opts.ppo_epochs):
-            order = torch.randperm(len(rollout), generator=self._batch_order)
+            order = torch.randperm(len(rollout), generator=self.batch_order)
             for rows in order.split(opts.mini_batch_size):
                 logits, values = self._completion_pass(rollout, rows)
                 new_logprobs = core.logprobs_of(logits, rollout.response_ids[rows])
@@ -228,25 +229,27 @@ class PPOTrainer:
         prompt_dataset: Sequence[Any],
         steps: int | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[dict[str, float]], None] | None = None,
     ) -> list[dict[str, float]]:
-        """Run `steps` PPO steps (default `options.total_steps`) on `batch_size` prompts each.
+        """Run `steps` PPO steps (default: until `global_step` reaches `options.total_steps`) on `batch_size`
+        prompts each.
 
         Rows are prompts (text or chat messages) or mappings with a `prompt` key whose other keys reach the reward
-        function as extras. Prompts are drawn in a seeded random order, reshuffled after each pass over the data.
-        `should_stop` is asked after each step (e.g. a signal handler's flag). Returns the stats of these steps.
+        function as extras. Prompts are drawn in a seeded random order, reshuffled after each pass over the data;
+        the position carries over from one call to the next (and through `save_checkpoint`/`load_checkpoint`).
+        `on_step` receives each step's stats once the step is complete (e.g. to write a checkpoint); then
+        `should_stop` is asked (e.g. a signal handler's flag). Returns the stats of these steps.
         """
         if len(prompt_dataset) == 0:
             raise ValueError("the prompt dataset is empty")
         first = len(self.history)
-        queue: list[int] = []
-        for _ in range(steps if steps is not None else self.options.total_steps):
-            rows = []
-            while len(rows) < self.options.batch_size:
-                if not queue:
-                    queue = torch.randperm(len(prompt_dataset), generator=self._data_order).tolist()
-                rows.append(prompt_dataset[queue.pop(0)])
-            prompts, extras = _split_rows(rows)
-            self.step(prompts, **extras)
+        count = steps if steps is not None else max(0, self.options.total_steps - self.global_step)
+        for _ in range(count):
+            indices = self.prompt_order.take(self.options.batch_size, len(prompt_dataset))
+            prompts, extras = _split_rows([prompt_dataset[i] for i in indices])
+            stats = self.step(prompts, **extras)
+            if on_step is not None:
+                on_step(stats)
             if should_stop is not None and should_stop():
                 logger.info("PPO stopped on request after step %d", self.global_step)
                 break
@@ -263,6 +266,15 @@ class PPOTrainer:
             yaml.safe_dump(self.options.model_dump(mode="json"), handle, sort_keys=False)
         logger.info("Saved the PPO policy, value head and options to %s", directory)
         return directory
+
+    def save_checkpoint(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write everything needed to continue this run exactly (see `checkpoint`) into `directory`."""
+        return checkpoint.save_checkpoint(self, directory, extra)
+
+    def load_checkpoint(self, directory: str | Path, dataset_size: int | None = None) -> dict[str, Any]:
+        """Continue from a `save_checkpoint` folder; refused (`checkpoint.CheckpointMismatch`) when it was written
+        with other options or trainable parameters, or for another number of prompts. Returns its `extra`."""
+        return checkpoint.load_checkpoint(self, directory, dataset_size)
 
 
 def _repeat(
