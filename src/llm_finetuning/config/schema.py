@@ -273,7 +273,8 @@ class TrainingConfig(Section):
     logging_steps: int = Field(10, gt=0)
     """Log loss and learning rate every N optimizer steps."""
     save_steps: int | None = Field(None, gt=0)
-    """Write a checkpoint every N steps; unset saves one at the end of each epoch."""
+    """Write a checkpoint every N optimizer steps (PPO: PPO steps); unset saves one at the end of each epoch (PPO:
+    each pass over the prompts). `--resume` continues from the newest complete one."""
     save_total_limit: int | None = Field(2, gt=0)
     """Keep only the newest N checkpoints."""
     extra: dict[str, Any] = Field(default_factory=dict)
