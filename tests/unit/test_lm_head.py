@@ -18,15 +18,20 @@ pytestmark = pytest.mark.unit
 OUTPUTS = ("log_probs", "entropy", "is_top1")
 
 
-@pytest.fixture
-def pair():
+def make_pair(temperature: float = 1.0, entropy_grad: bool = False):
     """Two copies of one tiny model, both with TRL's fused head; the second then gets the plain head."""
     model = build_model(TinyModelConfig(hidden_size=32, num_heads=4, num_kv_heads=2, seed=5), build_tokenizer())
     trl_model, plain_model = model, copy.deepcopy(model)
     for m in (trl_model, plain_model):
-        add_fused_lm_head(m, outputs=OUTPUTS)
-    plain_model.forward = types.MethodType(_plain_head_forward(plain_model.forward), plain_model)
+        add_fused_lm_head(m, temperature=temperature, outputs=OUTPUTS)
+    forward = _plain_head_forward(plain_model.forward, temperature, entropy_grad)
+    plain_model.forward = types.MethodType(forward, plain_model)
     return trl_model, plain_model
+
+
+@pytest.fixture
+def pair():
+    return make_pair()
 
 
 def batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +63,21 @@ def test_plain_head_gives_trl_loss_fields_and_gradients(pair):
         torch.testing.assert_close(getattr(got, field), getattr(expected, field), rtol=1e-5, atol=1e-5)
         assert (getattr(got, field)[~got.label_mask] == 0).all()  # zero where there is no label, as TRL's
     assert torch.equal(got.is_top1.bool(), expected.is_top1.bool())
+    for a, b in zip(trl_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_tempered_head_with_entropy_in_the_loss_matches_trl():
+    """GRPO: logits divided by the sampling temperature, and an entropy term that carries gradients."""
+    trl_model, plain_model = pair = make_pair(temperature=0.7, entropy_grad=True)
+    ids, labels = batch(trl_model.config.vocab_size)
+    outputs = []
+    for model in pair:
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        (out.loss - 0.1 * out.entropy.sum()).backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[1].log_probs, outputs[0].log_probs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs[1].entropy, outputs[0].entropy, rtol=1e-5, atol=1e-5)
     for a, b in zip(trl_model.parameters(), plain_model.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
 

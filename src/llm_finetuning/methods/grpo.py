@@ -20,6 +20,7 @@ from llm_finetuning.data.pipeline import PreparedData, prepare_records
 from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError, UserError
 from llm_finetuning.methods.common import apply_extra, training_arguments
+from llm_finetuning.models.lm_head import use_plain_lm_head
 from llm_finetuning.rewards.contracts import Reward, check_rewards, resolve_rewards
 from llm_finetuning.runs import distributed
 from llm_finetuning.runs.rundir import RunDir
@@ -118,6 +119,8 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.judge = judge
+    # TRL's fused head is slow without Triton (CPU): same log-probabilities and entropy, computed plainly
+    use_plain_lm_head(trainer, temperature=method.temperature, entropy_grad=True)
     return trainer
 
 

@@ -1,11 +1,11 @@
-"""The SFT loss head on devices without Triton (CPU, MPS): TRL's fused-head protocol, computed with plain torch ops.
+"""The LM head of SFT and GRPO on devices without Triton (CPU, MPS): TRL's fused-head protocol, in plain torch ops.
 
 TRL's SFTTrainer asks the model for per-token log-probabilities (`model(..., fused_lm_head=True)`). On CUDA a Triton
 kernel computes them in tiles without building the logits. Elsewhere TRL falls back to a loop of torch ops over every
 position that recomputes the logits in the backward and runs the head's gradient matmuls in float32: on CPU that step
 took 2.2x as long as plain logits on a small model (see docs/performance.md). This head instead projects only the
 positions that have a label (the completion tokens, so prompts and padding cost nothing), in the dtype autocast
-chooses, and returns the same fields TRL's loss and metrics read (log-probabilities, entropy, top-1 hits).
+chooses, and returns the same fields TRL's losses and metrics read (log-probabilities, entropy, top-1 hits).
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ def has_fast_fused_head(device: torch.device) -> bool:
     return is_triton_available() and device.type in ("cuda", "xpu")
 
 
-def use_plain_lm_head(trainer: Any) -> bool:
+def use_plain_lm_head(trainer: Any, temperature: float = 1.0, entropy_grad: bool = False) -> bool:
     """Replace TRL's fused LM head with the plain one where TRL has no Triton kernel; True when replaced.
 
-    Left alone: CUDA/XPU with Triton, sharded models (FSDP/DeepSpeed gather the head themselves in TRL's path), and
-    models whose config transforms the logits.
+    `temperature` divides the logits as TRL's head was told to (GRPO samples at a temperature); `entropy_grad` keeps
+    the entropy in the graph (GRPO can put it in the loss; SFT only logs it). Left alone: CUDA/XPU with Triton,
+    sharded models (FSDP/DeepSpeed gather the head themselves in TRL's path), a head cast to float32, and models
+    whose config transforms the logits.
     """
     model = trainer.model
     base = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -49,17 +51,18 @@ def use_plain_lm_head(trainer: Any) -> bool:
         has_fast_fused_head(device)
         or getattr(trainer, "is_fsdp_enabled", False)
         or getattr(trainer, "is_deepspeed_enabled", False)
+        or getattr(getattr(trainer, "args", None), "cast_lm_head_to_fp32", False)
         or any(getattr(config, name, None) is not None for name in LOGIT_TRANSFORMS)
         or not hasattr(base, "base_model")
     ):
         return False
     fused = base.forward  # TRL's patched forward: still serves every call without `fused_lm_head=True`
-    base.forward = types.MethodType(_plain_head_forward(fused), base)
-    logger.debug("SFT loss: plain LM head over labelled positions (no Triton on %s)", device.type)
+    base.forward = types.MethodType(_plain_head_forward(fused, temperature, entropy_grad), base)
+    logger.debug("plain LM head over labelled positions (no Triton on %s)", device.type)
     return True
 
 
-def _plain_head_forward(fused: Any) -> Any:
+def _plain_head_forward(fused: Any, temperature: float = 1.0, entropy_grad: bool = False) -> Any:
     from trl.trainer.utils import FusedCausalLMOutput
 
     def forward(
@@ -89,11 +92,14 @@ def _plain_head_forward(fused: Any) -> Any:
         mask = targets != -100
         picked_targets = targets[mask]
         head = self.get_output_embeddings()
-        logits = head(hidden[mask].to(head.weight.device)).float()  # SFT's head is never tempered
+        logits = head(hidden[mask].to(head.weight.device)).float()
+        if temperature != 1.0:
+            logits = logits / temperature
         log_probs = torch.log_softmax(logits, dim=-1)
         picked = log_probs.gather(-1, picked_targets.unsqueeze(-1)).squeeze(-1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(log_probs.exp() * log_probs).sum(-1)
+        with torch.no_grad():
             top1 = log_probs.argmax(-1) == picked_targets
 
         def spread(values: torch.Tensor) -> torch.Tensor:
