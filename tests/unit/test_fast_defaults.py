@@ -1,5 +1,5 @@
-"""The fast defaults: fused AdamW, bf16 autocast where the CPU is native bf16 and the model wide enough, and
-padding-free batches where the attention runs per example."""
+"""The fast defaults: fused AdamW, LoRA without dropout, bf16 autocast where the CPU is native bf16 and the model
+wide enough, and padding-free batches where the attention runs per example."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def test_schema_defaults_are_the_fast_ones():
     assert c.training.optimizer == "adamw_torch_fused"
     assert c.data.padding_free is True and c.data.packing is False
     assert c.training.mixed_precision == "auto"
+    assert c.adapter.method == "lora" and c.adapter.dropout == 0.0  # no mask and input copy per adapted layer
 
 
 @pytest.fixture

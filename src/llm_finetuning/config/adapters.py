@@ -48,8 +48,10 @@ class LoraAdapter(Section):
     """Rank of the low-rank update."""
     alpha: float = Field(32, gt=0)
     """Scale of the update (the update is multiplied by alpha / r, or alpha / sqrt(r) with `use_rslora`)."""
-    dropout: float = Field(0.05, ge=0, lt=1)
-    """Dropout on the adapter's input during training."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter's input during training. 0 (the default, as in PEFT) skips drawing a mask and copying
+    the input at every adapted layer, about an eighth of a CPU training step on a 100M model; 0.05-0.1 can help
+    against overfitting a small dataset."""
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
     """Layers that get an adapter: `all-linear` (every linear layer except the output head) or a list of module
     names such as `[q_proj, v_proj]`."""

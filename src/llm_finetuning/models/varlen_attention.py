@@ -13,10 +13,12 @@ own sdpa path, so the model behaves as with `sdpa` everywhere else.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
@@ -24,6 +26,7 @@ from transformers.masking_utils import AttentionMaskInterface, causal_mask_funct
 logger = logging.getLogger(__name__)
 
 NAME = "llmft_sdpa_varlen"
+CPU_MATH_MAX_LENGTH = 192
 
 
 def segment_lengths(kwargs: dict[str, Any], length: int) -> list[int] | None:
@@ -68,12 +71,22 @@ def varlen_sdpa_attention(
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     # split/cat keep the backward to one gradient tensor each (slicing would build a full-size one per example)
     pieces = [
-        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+        _causal_attention(q, k, v, dropout, scaling)
         for q, k, v in zip(
             query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), strict=True
         )
     ]
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _causal_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float, scaling: float | None
+) -> torch.Tensor:
+    # On CPU, sdpa's flash kernel has a slow backward for short sequences: up to ~200 tokens the plain (math) kernel
+    # trains attention 1.9x faster in bf16, as accurately; above, flash wins and keeps memory linear.
+    short = query.device.type == "cpu" and query.shape[2] <= CPU_MATH_MAX_LENGTH
+    with sdpa_kernel(SDPBackend.MATH) if short else nullcontext():
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True)
 
 
 def varlen_mask(
