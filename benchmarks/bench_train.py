@@ -98,7 +98,7 @@ PLAIN_LORA_DROPOUT = 0.05  # PEFT/TRL examples' usual LoRA dropout, what the pla
 def cpu_suite(shape: str, dataset: str, batch: int, samples: int, full: bool = True) -> Suite:
     """Our defaults (`llmft-sft`) against the plain baselines, and each fast setting against its off switch.
 
-    `llmft-sft` is every default of the toolkit (LoRA r16 with dropout 0.05, padding-free batches with per-example
+    `llmft-sft` is every default of the toolkit (LoRA r16 without dropout, padding-free batches with per-example
     attention, bf16 autocast where the CPU is native bf16, fused AdamW); it appears in several groups, run once.
     """
     scenarios = [
@@ -112,13 +112,13 @@ def cpu_suite(shape: str, dataset: str, batch: int, samples: int, full: bool = T
         Scenario("llmft-packed-sdpa-mask", packing=True, attention="sdpa"),
         Scenario("llmft-full", adapter="full"),
         Scenario("llmft-full-adamw", adapter="full", optimizer="adamw_torch"),
-        Scenario("llmft-lora-no-dropout", lora_dropout=0.0),
+        Scenario("llmft-lora-dropout", lora_dropout=PLAIN_LORA_DROPOUT),
     ]
     groups = [
         ("paths", "hf-trainer-padded", ["hf-trainer-padded", "trl-sft-defaults", "llmft-sft"]),
         ("precision", "llmft-fp32", ["llmft-fp32", "llmft-sft"]),
         ("padding", "llmft-padded", ["llmft-padded", "llmft-sft", "llmft-packed", "llmft-packed-sdpa-mask"]),
-        ("adapter", "llmft-full", ["llmft-full", "llmft-sft", "llmft-lora-no-dropout"]),
+        ("adapter", "llmft-full", ["llmft-full", "llmft-sft", "llmft-lora-dropout"]),
         ("plain-peft", "hf-full-padded", ["hf-full-padded", "hf-trainer-padded"]),
         ("optimizer", "llmft-full-adamw", ["llmft-full-adamw", "llmft-full"]),
     ]
