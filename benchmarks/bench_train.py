@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -458,36 +458,53 @@ def _is_set(value: Any) -> bool:
     return value is not None and value is not False and value != ()
 
 
-def run_scenario(scenario: Scenario, suite: Suite, group: str, baseline: str, ctx: dict[str, Any]) -> harness.Result:
+@dataclass
+class Measured:
+    """A scenario's measured steps (pooled over rounds), memory, and what the meter saw of the model."""
+
+    steps: list[dict[str, float]] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    meter: FlopsMeter | None = None
+    failed: str | None = None
+
+
+def measure(scenario: Scenario, suite: Suite, ctx: dict[str, Any], into: Measured) -> None:
+    """Train the scenario once and add its measured steps (and its peak memory) to `into`."""
+    meter = FlopsMeter(ctx["warmup"], pad_token_id=ctx["pad"])
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-"))
+    start = harness.reset_peak_memory()
+    try:
+        RUNNERS[scenario.runner](scenario, suite, ctx["model"], work, meter)
+    except Exception as exc:  # one broken scenario must not lose the others' figures
+        logging.getLogger("bench").exception("scenario %s failed", scenario.name)
+        into.failed = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        return
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    memory = {"rss_start": start, **harness.peak_memory()}
+    memory["peak_rss_delta"] = memory["peak_rss"] - start
+    if not into.memory or memory["peak_rss_delta"] > into.memory["peak_rss_delta"]:
+        into.memory = memory
+    into.steps.extend(meter.measured())
+    into.meter = meter
+
+
+def result_of(scenario: Scenario, suite: Suite, group: str, baseline: str, measured: Measured | None, ctx: dict):
     settings = {k: v for k, v in vars(scenario).items() if k not in ("name", "needs") and _is_set(v)}
     settings.update(
         shape=suite.shape, dataset=suite.dataset, max_length=suite.max_length, batch=batch_of(scenario, suite)
     )
     result = harness.Result(scenario.name, group, baseline, settings)
     reason = missing(scenario, suite.device)
-    if reason:
-        result.skipped = reason
+    if reason or measured is None or measured.failed or measured.meter is None:
+        result.skipped = reason or (measured.failed if measured else "not run")
         return result
-    cached = ctx["done"].get(scenario.name)
-    if cached is not None:
-        return replace(cached, group=group, baseline=baseline)
-    meter = FlopsMeter(ctx["warmup"], pad_token_id=ctx["pad"])
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-"))
-    start = harness.reset_peak_memory()
-    try:
-        RUNNERS[scenario.runner](scenario, suite, ctx["model"], work, meter)
-        memory = {"rss_start": start, **harness.peak_memory()}
-    except Exception as exc:  # one broken scenario must not lose the others' figures
-        logging.getLogger("bench").exception("scenario %s failed", scenario.name)
-        result.skipped = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    peak = ctx["peaks"].get(meter.compute_dtype) if not suite.device.startswith("cuda") else H100_BF16_PEAK
+    meter = measured.meter
+    peak = H100_BF16_PEAK if suite.device.startswith("cuda") else ctx["peaks"].get(meter.compute_dtype)
     result.settings["compute_dtype"] = meter.compute_dtype
-    result.figures = harness.summarize(meter.measured(), meter.flops, peak)
-    result.memory = {**memory, "peak_rss_delta": memory["peak_rss"] - start}
-    ctx["done"][scenario.name] = result
+    result.figures = harness.summarize(measured.steps, meter.flops, peak)
+    result.memory = measured.memory
+    result.steps = measured.steps
     return result
 
 
@@ -500,6 +517,8 @@ def main() -> None:
     parser.add_argument("--groups", nargs="*", default=None, help="run only these groups")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1, help="run every scenario this many times, pooling steps")
+    parser.add_argument("--tag", default="", help="suffix of the output files (e.g. the groups run)")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None)
@@ -534,7 +553,7 @@ def main() -> None:
     tokenizer = load_tokenizer()
     cuda = suite.device.startswith("cuda")
     cache = Path(tempfile.gettempdir()) / "llmft-bench-models"
-    ctx: dict[str, Any] = {"warmup": args.warmup, "pad": tokenizer.pad_token_id, "done": {}}
+    ctx: dict[str, Any] = {"warmup": args.warmup, "pad": tokenizer.pad_token_id}
     ctx["model"] = model_dir(suite.shape, tokenizer, torch.bfloat16 if cuda else torch.float32, cache)
     ctx["packed_batch"] = PACKED_BATCH[0] = packed_batch(suite, tokenizer)
     from matmul_peak import matmul_peak
@@ -544,7 +563,7 @@ def main() -> None:
     info = harness.machine()
     print(harness.machine_line(info))
     print("matmul peak: " + ", ".join(f"{k} {v / 1e9:,.1f} GFLOP/s" for k, v in measured.items()))
-    stem = args.suite + (f"-{args.shape}" if args.shape else "")
+    stem = args.suite + (f"-{args.shape}" if args.shape else "") + (f"-{args.tag}" if args.tag else "")
     extra = {
         "suite": args.suite,
         "shape": {"name": suite.shape, **SHAPES[suite.shape]},
@@ -554,11 +573,12 @@ def main() -> None:
         "max_length": suite.max_length,
         "warmup": args.warmup,
         "measured_steps": args.steps,
+        "rounds": args.rounds,
         "matmul_peak_flops": measured,
         "mfu_peak": "989 TFLOP/s (bf16 dense)" if cuda else "measured matmul peak of the compute dtype",
     }
     by_name = {s.name: s for s in suite.scenarios}
-    results: list[harness.Result] = []
+    selected: list[tuple[str, str, list[str]]] = []
     for group, baseline, names in suite.groups:
         if args.groups and group not in args.groups:
             continue
@@ -566,13 +586,24 @@ def main() -> None:
             if not set(names) & set(args.only):
                 continue
             names = [n for n in names if n in args.only or n == baseline]
-        for name in names:
-            result = run_scenario(by_name[name], suite, group, baseline, ctx)
-            results.append(result)
-            f = result.figures
-            status = result.skipped or f"{f['tokens_per_s']:,.1f} tokens/s, step {f['median_step_s']:.3f} s"
-            print(f"  {group:<10} {name:<26} {status}", flush=True)
-            harness.write_json(args.out / f"{stem}.json", info, results, extra)
+        selected.append((group, baseline, names))
+    order = list(dict.fromkeys(n for _, _, names in selected for n in names))
+    runnable = [n for n in order if missing(by_name[n], suite.device) is None]
+    pooled = {name: Measured() for name in runnable}
+    # Rounds run every scenario once each, in turn, so a slow spell of the machine spreads over all of them.
+    for round_index in range(args.rounds):
+        for name in runnable:
+            if pooled[name].failed:
+                continue
+            measure(by_name[name], suite, ctx, pooled[name])
+            steps = pooled[name].steps
+            status = pooled[name].failed or (f"{len(steps)} steps, last {steps[-1]['seconds']:.3f} s" if steps else "")
+            print(f"  round {round_index + 1} {name:<26} {status}", flush=True)
+    results = [
+        result_of(by_name[name], suite, group, baseline, pooled.get(name), ctx)
+        for group, baseline, names in selected
+        for name in names
+    ]
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     harness.write_json(args.out / f"{stem}.json", info, results, extra)
     table = harness.markdown_table(results, cpu_time=not cuda)

@@ -247,6 +247,7 @@ class Result:
     figures: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None
+    steps: list[dict[str, float]] = field(default_factory=list)  # the measured steps the figures come from
 
     def ratio(self, results: Sequence[Result], key: str = "tokens_per_s") -> float | None:
         """Tokens/s (or another figure) relative to the group's baseline in the same run."""
