@@ -245,7 +245,7 @@ def missing(scenario: Scenario, device: str) -> str | None:
     from llm_finetuning.env import is_installed
 
     for need in scenario.needs:
-        if need == "cuda" and not device.startswith("cuda"):
+        if need == "cuda" and not device.startswith("cuda") and not PLUMBING[0]:
             return "needs a CUDA GPU (--device cuda)"
         if need != "cuda" and not is_installed(need):
             return f"needs `{need.replace('_', '-')}` installed"
@@ -378,6 +378,7 @@ def run_hf(scenario: Scenario, suite: Suite, model_path: Path, work: Path, meter
         report_to="none",
         seed=0,
         bf16=scenario.precision == "bf16",
+        use_cpu=not cuda,
         activation_checkpointing=bool(scenario.gradient_checkpointing),
     )
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
@@ -418,6 +419,7 @@ def run_unsloth(scenario: Scenario, suite: Suite, model_path: Path, work: Path, 
 RUNNERS = {"llmft": run_llmft, "trl": run_trl, "hf": run_hf, "unsloth": run_unsloth}
 STEPS = [5]  # measured steps per scenario (set from --steps)
 PACKED_BATCH = [1]  # packed rows per step (set in main from the data, see `packed_batch`)
+PLUMBING = [False]  # --plumbing: run GPU scenarios on CPU (a small shape) to check they work, not to measure
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -518,6 +520,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1, help="run every scenario this many times, pooling steps")
+    parser.add_argument("--plumbing", action="store_true", help="run CUDA scenarios on CPU to check them (no figures)")
     parser.add_argument("--tag", default="", help="suffix of the output files (e.g. the groups run)")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--samples", type=int, default=None)
@@ -544,6 +547,7 @@ def main() -> None:
     if suite.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"suite {args.suite}: no CUDA device here; every scenario is skipped.")
     STEPS[0] = args.steps
+    PLUMBING[0] = args.plumbing
     if not suite.device.startswith("cuda"):
         # One thread by default: on a shared machine its CPU time is steady even when other jobs take the cores.
         torch.set_num_threads(args.threads or 1)
