@@ -10,6 +10,8 @@ prompt). Scenarios:
 - `gen-batched`: the toolkit's default, one `generate` call for the whole step's completions;
 - `gen-vllm`: completions from vLLM colocated in the process (`method.generation_backend: vllm`; CUDA + vllm only).
 
+- `trl-fused-head`: `gen-batched` with TRL's own LM head instead of the toolkit's plain one (CPU).
+
 The split comes from TRL's own profiling spans (`transformers.generate`, `vLLM.generate`, the reward functions,
 `_get_per_token_logps_and_entropies`), summed per optimizer step; training is the step minus `_prepare_inputs`
 (generation, scoring and the no-gradient log-probabilities). Medians over the measured steps after warm-up.
@@ -18,6 +20,7 @@ The split comes from TRL's own profiling spans (`transformers.generate`, `vLLM.g
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -98,15 +101,23 @@ SCENARIOS = {
     "gen-per-micro-batch": {"steps_per_generation": 1},
     "gen-batched": {},
     "gen-vllm": {"backend": "vllm"},
+    "trl-fused-head": {"trl_head": True},
 }
+# (group, baseline, scenarios): generation batching and backends; and the toolkit's plain LM head (on by default
+# where TRL has no Triton kernel) against TRL's own head.
+GROUPS = [
+    ("generation", "gen-per-micro-batch", ["gen-per-micro-batch", "gen-batched", "gen-vllm"]),
+    ("lm-head", "trl-fused-head", ["trl-fused-head", "gen-batched"]),
+]
 
 
 def run(name: str, args: argparse.Namespace, model_path: Path, pad: int) -> harness.Result:
     from llm_finetuning.config.schema import Config
+    from llm_finetuning.methods import grpo
     from llm_finetuning.train import train
 
     spec = SCENARIOS[name]
-    result = harness.Result(name, "grpo", "gen-per-micro-batch", {"shape": args.shape, **spec})
+    result = harness.Result(name, "", "", {"shape": args.shape, **spec})
     cuda = args.device.startswith("cuda")
     if spec.get("backend") == "vllm":
         from llm_finetuning.env import is_installed
@@ -147,6 +158,9 @@ def run(name: str, args: argparse.Namespace, model_path: Path, pad: int) -> harn
     )
     meter = PhaseMeter(args.warmup, pad)
     restore = install_span_hook(meter)
+    plain_head = grpo.use_plain_lm_head
+    if spec.get("trl_head"):
+        grpo.use_plain_lm_head = lambda *a, **k: False  # TRL's fused head, as without the toolkit
     start = harness.reset_peak_memory()
     try:
         train(config, overwrite=True, callbacks=[meter])
@@ -156,6 +170,7 @@ def run(name: str, args: argparse.Namespace, model_path: Path, pad: int) -> harn
         return result
     finally:
         restore()
+        grpo.use_plain_lm_head = plain_head
         shutil.rmtree(work, ignore_errors=True)
     memory = harness.peak_memory()
     completions = args.batch * args.accumulation
@@ -168,25 +183,20 @@ def run(name: str, args: argparse.Namespace, model_path: Path, pad: int) -> harn
 
 def split_table(results: list[harness.Result]) -> str:
     lines = [
-        "| scenario | completions/s | ratio | step s | generation s | rewards s | no-grad log-probs s | training s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| group | scenario | completions/s | ratio | step s | generation s | rewards s | no-grad log-probs s | "
+        "training s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    base = next((r for r in results if r.name == "gen-per-micro-batch" and not r.skipped), None)
     for r in results:
         if r.skipped:
-            lines.append(f"| {r.name} | skipped: {r.skipped} | | | | | | |")
+            lines.append(f"| {r.group} | {r.name} | skipped: {r.skipped} | | | | | | |")
             continue
         f, s = r.figures, r.figures["split_s"]
-        ratio = (
-            "="
-            if r is base
-            else "-"
-            if base is None
-            else f"{f['completions_per_s'] / base.figures['completions_per_s']:.2f}"
-        )
+        value = r.ratio(results, "completions_per_s")
+        ratio = "=" if r.name == r.baseline else "-" if value is None else f"{value:.2f}"
         lines.append(
-            f"| {r.name} | {f['completions_per_s']:.2f} | {ratio} | {f['median_step_s']:.2f} | {s['generation']:.2f} | "
-            f"{s['rewards']:.3f} | {s['log_probs_no_grad']:.2f} | {s['training']:.2f} |"
+            f"| {r.group} | {r.name} | {f['completions_per_s']:.2f} | {ratio} | {f['median_step_s']:.2f} | "
+            f"{s['generation']:.2f} | {s['rewards']:.3f} | {s['log_probs_no_grad']:.2f} | {s['training']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -214,12 +224,16 @@ def main() -> None:
     path = model_dir(args.shape, tokenizer, torch.bfloat16 if cuda else torch.float32, cache)
     info = harness.machine()
     print(harness.machine_line(info))
-    results = []
-    for name in SCENARIOS:
-        result = run(name, args, path, tokenizer.pad_token_id)
-        results.append(result)
-        status = result.skipped or f"{result.figures['completions_per_s']:.2f} completions/s"
+    measured = {}
+    for name in dict.fromkeys(n for _, _, names in GROUPS for n in names):
+        measured[name] = run(name, args, path, tokenizer.pad_token_id)
+        status = measured[name].skipped or f"{measured[name].figures['completions_per_s']:.2f} completions/s"
         print(f"  {name:<22} {status}", flush=True)
+    results = [
+        dataclasses.replace(measured[name], group=group, baseline=baseline)
+        for group, baseline, names in GROUPS
+        for name in names
+    ]
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     stem = f"grpo-{args.device.split(':')[0]}-{args.shape}"
     setup = {

@@ -75,6 +75,7 @@ class Scenario:
     gradient_checkpointing: bool | None = None
     attention: str | None = None  # None: ours `auto`, plain runners `sdpa`
     liger: bool = False
+    trl_head: bool = False  # ours with TRL's fused LM head instead of the plain one (CPU)
     batch: int | None = None  # per-device batch (None: the suite's)
     needs: tuple[str, ...] = ()  # cuda, flash_attn, liger_kernel, unsloth
 
@@ -113,6 +114,7 @@ def cpu_suite(shape: str, dataset: str, batch: int, samples: int, full: bool = T
         Scenario("llmft-full", adapter="full"),
         Scenario("llmft-full-adamw", adapter="full", optimizer="adamw_torch"),
         Scenario("llmft-lora-dropout", lora_dropout=PLAIN_LORA_DROPOUT),
+        Scenario("llmft-trl-head", trl_head=True),
     ]
     groups = [
         ("paths", "hf-trainer-padded", ["hf-trainer-padded", "trl-sft-defaults", "llmft-sft"]),
@@ -121,9 +123,10 @@ def cpu_suite(shape: str, dataset: str, batch: int, samples: int, full: bool = T
         ("adapter", "llmft-full", ["llmft-full", "llmft-sft", "llmft-lora-dropout"]),
         ("plain-peft", "hf-full-padded", ["hf-full-padded", "hf-trainer-padded"]),
         ("optimizer", "llmft-full-adamw", ["llmft-full-adamw", "llmft-full"]),
+        ("lm-head", "llmft-trl-head", ["llmft-trl-head", "llmft-sft"]),
     ]
     if not full:  # the wide model: the groups the targets need
-        keep = {"paths", "precision", "padding", "adapter", "plain-peft"}
+        keep = {"paths", "precision", "padding", "adapter", "plain-peft", "lm-head"}
         groups = [(g, b, [n for n in names if n != "llmft-packed-sdpa-mask"]) for g, b, names in groups if g in keep]
     return Suite(shape, dataset, batch, 512, samples, scenarios, groups)
 
@@ -300,7 +303,15 @@ def run_llmft(scenario: Scenario, suite: Suite, model_path: Path, work: Path, me
             "output_dir": str(work / "run"),
         }
     )
-    train(config, overwrite=True, callbacks=[meter])
+    from llm_finetuning.methods import sft
+
+    plain_head = sft.use_plain_lm_head
+    if scenario.trl_head:
+        sft.use_plain_lm_head = lambda *a, **k: False
+    try:
+        train(config, overwrite=True, callbacks=[meter])
+    finally:
+        sft.use_plain_lm_head = plain_head
 
 
 def _records(suite: Suite) -> list[dict[str, Any]]:
