@@ -79,6 +79,11 @@ def test_conflicting_options_name_both(write_yaml):
     assert "`training.warmup_ratio` and `training.warmup_steps` cannot both be set" in message
 
 
+def test_a_bare_yaml_no_turns_mixed_precision_off(write_yaml):
+    config = load_config(write_yaml(MINIMAL + "training: {mixed_precision: no}\n"), ["training.mixed_precision=no"])
+    assert config.training.mixed_precision == "no"
+
+
 def test_prefix_tuning_with_gradient_checkpointing_is_refused(write_yaml):
     text = MINIMAL + "adapter: {method: prefix}\ntraining: {gradient_checkpointing: true}\n"
     assert "`adapter.method: prefix` cannot be used with `training.gradient_checkpointing: true`" in error_of(

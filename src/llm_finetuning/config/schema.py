@@ -281,6 +281,12 @@ class TrainingConfig(Section):
     """Escape hatch: keyword arguments passed straight to the underlying TRL/transformers config. Unknown names
     are errors; keys this schema already covers must be set there instead."""
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false: `mixed_precision: no` means "no autocast".
+        return "no" if value is False else value
+
     @model_validator(mode="after")
     def _one_warmup(self) -> TrainingConfig:
         if self.warmup_ratio is not None and self.warmup_steps is not None:
