@@ -453,6 +453,8 @@ class FlopsMeter(harness.StepMeter):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self.weights = matmul_parameters(model)
+        head = model.get_output_embeddings()
+        self.head = (head.weight.numel(), bool(head.weight.requires_grad)) if head is not None else (0, False)
         config = model.config
         self.layers, self.hidden = config.num_hidden_layers, config.hidden_size
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -465,6 +467,12 @@ class FlopsMeter(harness.StepMeter):
         return harness.train_flops(
             step["tokens"], step["squares"], frozen, trained, self.layers, self.hidden, self.attention_ratio
         )
+
+    def useful_flops(self, step: dict[str, float]) -> float:
+        """The model flops less the output head on positions without a label (the loss does not need them)."""
+        size, trained = self.head
+        unlabelled = max(step["tokens"] - step.get("loss_tokens", step["tokens"]), 0)
+        return self.flops(step) - (6 if trained else 4) * size * unlabelled
 
 
 def _is_set(value: Any) -> bool:
@@ -515,7 +523,7 @@ def result_of(scenario: Scenario, suite: Suite, group: str, baseline: str, measu
     meter = measured.meter
     peak = H100_BF16_PEAK if suite.device.startswith("cuda") else ctx["peaks"].get(meter.compute_dtype)
     result.settings["compute_dtype"] = meter.compute_dtype
-    result.figures = harness.summarize(measured.steps, meter.flops, peak)
+    result.figures = harness.summarize(measured.steps, meter.flops, peak, meter.useful_flops)
     result.memory = measured.memory
     result.steps = measured.steps
     return result

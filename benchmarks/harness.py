@@ -27,6 +27,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+IGNORE_INDEX = -100
+
 
 # ------------------------------------------------------------------------------------------------ counting
 def sequence_lengths(inputs: Mapping[str, Any], pad_token_id: int | None = None) -> list[int]:
@@ -62,6 +64,14 @@ def count_tokens(inputs: Mapping[str, Any], pad_token_id: int | None = None) -> 
     """
     lengths = sequence_lengths(inputs, pad_token_id)
     return sum(lengths), int(inputs["input_ids"].numel()), sum(n * n for n in lengths)
+
+
+def loss_tokens(inputs: Mapping[str, Any]) -> int | None:
+    """Positions whose next token is a label (what the loss needs logits for), or None without labels."""
+    labels = inputs.get("labels")
+    if labels is None or getattr(labels, "dim", lambda: 0)() != 2:
+        return None
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 # ------------------------------------------------------------------------------------------------- memory
@@ -130,7 +140,7 @@ class StepMeter(TrainerCallback):
         self._handle: Any = None
         self._last = 0.0
         self._last_cpu = 0.0
-        self._pending = [0, 0, 0]
+        self._pending = [0, 0, 0, 0]
         self._sync = lambda: None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -155,12 +165,14 @@ class StepMeter(TrainerCallback):
             return
         for index, value in enumerate(count_tokens(inputs, self.pad_token_id)):
             self._pending[index] += value
+        labelled = loss_tokens(inputs)
+        self._pending[3] += labelled if labelled is not None else 0
 
     def record(self) -> None:
         """Close the current step: its time since the last one, and the tokens counted meanwhile."""
         self._sync()
         now, cpu = self.clock(), self.cpu_clock()
-        tokens, slots, squares = self._pending
+        tokens, slots, squares, labelled = self._pending
         self.steps.append(
             {
                 "seconds": now - self._last,
@@ -168,9 +180,10 @@ class StepMeter(TrainerCallback):
                 "tokens": tokens,
                 "slots": slots,
                 "squares": squares,
+                "loss_tokens": labelled,
             }
         )
-        self._pending = [0, 0, 0]
+        self._pending = [0, 0, 0, 0]
         self._last, self._last_cpu = now, cpu
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -202,10 +215,16 @@ def train_flops(
     return linear + attention
 
 
-def summarize(steps: Sequence[Mapping[str, float]], flops_per_step: Any = None, peak_flops: float | None = None):
+def summarize(
+    steps: Sequence[Mapping[str, float]],
+    flops_per_step: Any = None,
+    peak_flops: float | None = None,
+    useful_flops_per_step: Any = None,
+):
     """Median step time, median tokens/s over steps, padding fraction, and MFU when flops and a peak are given.
 
-    `flops_per_step(step)` returns the model flops of one measured step (see `train_flops`). Steps that carry
+    `flops_per_step(step)` returns the model flops of one measured step (see `train_flops`); `useful_flops_per_step`
+    the part the loss needs (the output head only where there is a label), for `useful_mfu`. Steps that carry
     `cpu_seconds` also give the same figures per CPU-second (`cpu_tokens_per_s`, `cpu_mfu`).
     """
     if not steps:
@@ -233,6 +252,9 @@ def summarize(steps: Sequence[Mapping[str, float]], flops_per_step: Any = None, 
             out["mfu"] = achieved / peak_flops
             if "cpu_tokens_per_s" in out:
                 out["cpu_mfu"] = statistics.median(flops_per_step(s) / s["cpu_seconds"] for s in steps) / peak_flops
+            if useful_flops_per_step is not None:
+                useful = statistics.median(useful_flops_per_step(s) / s["seconds"] for s in steps)
+                out["useful_mfu"] = useful / peak_flops
     return out
 
 
@@ -327,16 +349,18 @@ def _fmt(value: Any, spec: str) -> str:
 def markdown_table(results: Sequence[Result], cpu_time: bool = False) -> str:
     """One row per scenario, grouped; ratios are to the group's baseline (marked `=`).
 
-    With `cpu_time`, two more columns give tokens per CPU-second and its ratio (see `StepMeter`). `RSS +MiB` is the
-    peak resident memory above the process's at the start of the scenario (model, optimizer, activations).
+    With `cpu_time`, two more columns give tokens per CPU-second and its ratio (see `StepMeter`). `MFU` counts the
+    model's nominal flops (every matmul weight on every real token), `MFU useful` only what the loss needs (the output
+    head on labelled positions). `RSS +MiB` is the peak resident memory above the process's at the start of the
+    scenario (model, optimizer, activations).
     """
     head = "| group | scenario | tokens/s | ratio |"
     rule = "|---|---|---:|---:|"
     if cpu_time:
         head += " tokens/CPU-s | ratio |"
         rule += "---:|---:|"
-    head += " step s | tokens/step | padding | MFU | RSS +MiB | GPU peak MiB |"
-    rule += "---:|---:|---:|---:|---:|---:|"
+    head += " step s | tokens/step | padding | MFU | MFU useful | RSS +MiB | GPU peak MiB |"
+    rule += "---:|---:|---:|---:|---:|---:|---:|"
     lines = [head, rule]
     for r in results:
         if r.skipped:
@@ -348,13 +372,13 @@ def markdown_table(results: Sequence[Result], cpu_time: bool = False) -> str:
         if cpu_time:
             cpu_ratio = "=" if base else _fmt(r.ratio(results, "cpu_tokens_per_s"), ".2f")
             row += f" {_fmt(f.get('cpu_tokens_per_s'), ',.0f')} | {cpu_ratio} |"
-        mfu = f.get("mfu")
+        mfu, useful = f.get("mfu"), f.get("useful_mfu")
         peak = m.get("peak_rss_delta", m.get("peak_rss"))
         cuda = m.get("cuda_peak")
         row += (
             f" {f['median_step_s']:.3f} | {f['tokens_per_step']:,.0f} | {100 * f['padding_fraction']:.0f}% | "
-            f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {_fmt(peak and peak / 2**20, ',.0f')} | "
-            f"{_fmt(cuda and cuda / 2**20, ',.0f')} |"
+            f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {'-' if useful is None else f'{100 * useful:.1f}%'} | "
+            f"{_fmt(peak and peak / 2**20, ',.0f')} | {_fmt(cuda and cuda / 2**20, ',.0f')} |"
         )
         lines.append(row)
     return "\n".join(lines) + "\n"

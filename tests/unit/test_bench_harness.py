@@ -55,6 +55,12 @@ def test_summary_takes_medians_of_measured_steps():
         harness.summarize([])
 
 
+def test_loss_tokens_are_the_labelled_next_tokens():
+    labels = torch.tensor([[-100, -100, 7, 8], [-100, 5, -100, -100]])
+    assert harness.loss_tokens({"labels": labels}) == 3
+    assert harness.loss_tokens({"input_ids": labels}) is None
+
+
 def test_mfu_is_model_flops_per_second_over_the_peak():
     steps = [{"seconds": 2.0, "tokens": 10, "slots": 10, "squares": 25} for _ in range(5)]
 
@@ -63,13 +69,14 @@ def test_mfu_is_model_flops_per_second_over_the_peak():
 
     # 4*100*10 + 6*20*10 = 5200 matmul flops; attention 6*2*8*25 = 2400
     assert flops(steps[0]) == 5200 + 2400
-    summary = harness.summarize(steps, flops, peak_flops=1000.0)
+    summary = harness.summarize(steps, flops, peak_flops=1000.0, useful_flops_per_step=lambda step: 1000.0)
     assert summary["model_flops_per_s"] == 3800.0
     assert summary["mfu"] == pytest.approx(3.8)
+    assert summary["useful_mfu"] == pytest.approx(0.5)
 
 
 class Echo(nn.Module):
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None):
         return input_ids
 
 
@@ -88,6 +95,7 @@ def test_meter_times_steps_counts_training_forwards_and_drops_warmup():
     meter = harness.StepMeter(warmup=1, pad_token_id=PAD, clock=wall, cpu_clock=cpu)
     meter.on_train_begin(None, None, None, model=model)
     padded = {"input_ids": torch.tensor([[1, 2, PAD]]), "attention_mask": torch.tensor([[1, 1, 0]])}
+    padded["labels"] = torch.tensor([[-100, 2, -100]])
     for step in range(3):
         model(**padded)
         model(**padded)  # gradient accumulation: two forwards in one optimizer step
@@ -102,6 +110,7 @@ def test_meter_times_steps_counts_training_forwards_and_drops_warmup():
     model(**padded)  # after training the hook is gone
     assert [s["tokens"] for s in meter.steps] == [4, 4, 4]
     assert [s["slots"] for s in meter.steps] == [6, 6, 6]
+    assert [s["loss_tokens"] for s in meter.steps] == [2, 2, 2]
     measured = meter.measured()
     assert [s["seconds"] for s in measured] == [1.0, 2.0]
     assert [s["cpu_seconds"] for s in measured] == [1.0, 1.5]
@@ -120,6 +129,7 @@ def result(name, rate, baseline="base", group="g"):
             "tokens_per_step": rate,
             "padding_fraction": 0.25,
             "mfu": 0.5,
+            "useful_mfu": 0.4,
         },
         memory={"peak_rss": 3 * 2**20, "peak_rss_delta": 2**20, "cuda_peak": None},
     )
@@ -138,7 +148,7 @@ def test_ratios_are_to_the_baseline_of_the_same_group(tmp_path):
     lines = table.splitlines()
     assert lines[2].startswith("| g | base | 100 | = | 50 | = |")
     assert lines[3].startswith("| g | fast | 150 | 1.50 | 75 | 1.50 |")
-    assert "| 25% | 50.0% | 1 |" in lines[3]  # padding, MFU, RSS above the start in MiB
+    assert "| 25% | 50.0% | 40.0% | 1 |" in lines[3]  # padding, MFU, useful MFU, RSS above the start in MiB
     assert "skipped: needs a CUDA GPU" in lines[5]
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     path = tmp_path / "out.json"
