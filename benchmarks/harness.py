@@ -387,8 +387,26 @@ def markdown_table(results: Sequence[Result], cpu_time: bool = False) -> str:
 def machine_line(info: Mapping[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     gpu = f"; GPU {info['gpu']}" if info.get("gpu") else ""
+    end = f", at end {info['load_average_end'][0]}" if info.get("load_average_end") else ""
     return (
         f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), native bf16: "
-        f"{'yes' if info['bf16_native'] else 'no'}{gpu}; load average at start {info['load_average'][0]}; "
+        f"{'yes' if info['bf16_native'] else 'no'}{gpu}; load average at start {info['load_average'][0]}{end}; "
         f"python {info['python']}, {versions}; {info['date']}"
     )
+
+
+def read_json(path: Path) -> tuple[dict[str, Any], list[Result]]:
+    """The machine and the results of a JSON file written by `write_json`."""
+    payload = json.loads(Path(path).read_text())
+    fields = set(Result.__dataclass_fields__)
+    results = [Result(**{k: v for k, v in r.items() if k in fields}) for r in payload["results"]]
+    return payload["machine"], results
+
+
+if __name__ == "__main__":  # render a results file again: python benchmarks/harness.py results/x.json
+    import sys
+
+    for name in sys.argv[1:]:
+        machine_info, rows = read_json(Path(name))
+        print(machine_line(machine_info) + "\n")
+        print(markdown_table(rows, cpu_time=not machine_info.get("gpu")))

@@ -156,3 +156,5 @@ def test_ratios_are_to_the_baseline_of_the_same_group(tmp_path):
     payload = json.loads(path.read_text())
     assert payload["suite"] == "s" and payload["machine"] == {"cpu": "x"}
     assert [r["ratio"] for r in payload["results"]] == [1.0, 1.5, 1.0, None]
+    _, again = harness.read_json(path)
+    assert harness.markdown_table(again, cpu_time=True) == table  # the tables render again from the file
