@@ -50,7 +50,7 @@ COVERED = {
 
 
 # bf16 autocast on a CPU with native bf16 pays from this hidden size up; below it the casts cost more than the
-# matmuls save (measured: 0.7-1.0x at 64, 1.5-1.8x at 128, 2.1x at 256, see docs/performance.md).
+# matmuls save (measured: 0.7-1.0x at 64, 1.5-1.8x at 128, 1.3-2.7x at 256, 2.4x at 768; docs/performance.md).
 CPU_BF16_MIN_HIDDEN = 128
 
 
