@@ -17,6 +17,7 @@ from pathlib import Path
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core: the figure is per core
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from harness import cpu_name  # noqa: E402  (benchmarks/ is on the path when a script runs)
 from transformers import AutoTokenizer  # noqa: E402
 
 from llm_finetuning.config.schema import DataSource  # noqa: E402
@@ -34,16 +35,6 @@ SOURCES = {
         columns={"prompt": "question", "completion": "answer"},
     ),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(tokenizer, conversations) -> tuple[float, float, int]:
