@@ -23,6 +23,7 @@ from llm_finetuning.models.packing import check_packing
 from llm_finetuning.runs import distributed
 from llm_finetuning.runs.metrics import MetricsLogger, read_metrics
 from llm_finetuning.runs.plots import plot_metrics
+from llm_finetuning.runs.progress import use_logged_progress
 from llm_finetuning.runs.rundir import (
     RunDir,
     create_run_dir,
@@ -101,6 +102,7 @@ def _train(
     model.config.use_cache = False  # a KV cache is useless in training and hides packed-sequence boundaries
     with _tensorboard_dir(run.logs / "tensorboard"):  # read when the trainer builds its callbacks
         trainer = method.build_trainer(config, run, model, tokenizer, data, callbacks)
+        use_logged_progress(trainer)
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model.config.use_cache = True
     metrics: dict[str, Any] = dict(output.metrics)

@@ -81,7 +81,7 @@ def test_full_finetuning_trains_every_parameter_and_final_reproduces_logits(tmp_
         torch.testing.assert_close(loaded(input_ids=torch.tensor(PROBE)).logits, snap.logits)
 
 
-def test_run_directory_describes_the_run(tmp_path, write_jsonl, qa_rows):
+def test_run_directory_describes_the_run(tmp_path, write_jsonl, qa_rows, capfd, caplog):
     data = write_jsonl(qa_rows)
     config = Config.model_validate(
         tiny_config(
@@ -92,9 +92,14 @@ def test_run_directory_describes_the_run(tmp_path, write_jsonl, qa_rows):
             eval={"every_steps": 2},
         )
     )
-    result = train(config)
+    with caplog.at_level("INFO", logger="llm_finetuning"):
+        result = train(config)
     root = Path(config.output_dir)
     assert result.status == "completed"
+    # The library logs and never prints: the trainer's log records go to the logger, not stdout.
+    assert capfd.readouterr().out == ""
+    logged = [r.getMessage() for r in caplog.records if r.name == "llm_finetuning.runs.progress"]
+    assert [m.split(":")[0] for m in logged if ": loss " in m] == [f"step {i}/4" for i in range(1, 5)]
     assert {p.name for p in root.iterdir()} >= {
         "config.yaml",
         "manifest.json",
