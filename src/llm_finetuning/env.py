@@ -27,6 +27,9 @@ EXTRAS = {
     "mlflow": ("mlflow", "tracking.report_to: mlflow"),
     "deepspeed": ("deepspeed", "DeepSpeed ZeRO through accelerate"),
     "flash_attn": ("flash-attn", "model.attn_implementation: flash_attention_2"),
+    "liger": ("liger-kernel", "training.liger_kernel: Liger's Triton kernels"),
+    "unsloth": ("unsloth", "model.backend: unsloth"),
+    "vllm": ("vllm", "method.generation_backend: vllm"),
 }
 
 

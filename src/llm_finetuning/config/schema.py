@@ -101,6 +101,9 @@ class ModelConfig(Section):
     4-bit `nf4` or `fp4`, or 8-bit `int8`. Computation runs in `dtype`."""
     double_quantization: bool = True
     """With 4-bit quantization, also quantize the quantization constants (saves ~0.4 bits per parameter)."""
+    backend: Literal["transformers", "unsloth"] = "transformers"
+    """What loads the model and attaches the adapter. `transformers` (with PEFT) runs everywhere; `unsloth` uses
+    Unsloth's loader and LoRA patches (CUDA GPUs, `pip install 'llm-finetuning[unsloth]'`), for LoRA/QLoRA."""
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     """Shape of the random model built when `name` is `tiny`."""
 
@@ -270,6 +273,10 @@ class TrainingConfig(Section):
     """Autocast precision for the forward pass: `auto` uses bf16 on GPUs that support it (fp16 on older ones), and on
     CPUs with native bf16 (AVX512-BF16 or AMX) for models from hidden size 128 up, where it trains about twice as fast;
     none otherwise. `bf16` forces it (on any CPU, fast only on those with native bf16), `no` turns it off."""
+    liger_kernel: bool = False
+    """Replace the model's RMSNorm, rotary embedding and SwiGLU MLP with Liger's fused Triton kernels (CUDA GPUs,
+    `pip install 'llm-finetuning[liger]'`; Llama, Mistral, Qwen2/3, Gemma, Phi-3 and other architectures Liger
+    patches). The loss head stays the trainer's own chunked one, so the full logits are not built either way."""
     logging_steps: int = Field(10, gt=0)
     """Log loss and learning rate every N optimizer steps."""
     save_steps: int | None = Field(None, gt=0)
