@@ -10,6 +10,7 @@ from llm_finetuning.methods import common
 from llm_finetuning.methods.sft import removes_padding
 from llm_finetuning.models.tiny import build_model, build_tokenizer
 from llm_finetuning.models.varlen_attention import NAME
+from llm_finetuning.precision import CPU_BF16_MIN_HIDDEN
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +42,7 @@ def cpu(monkeypatch):
 def test_auto_precision_on_cpu_is_bf16_only_where_native_and_wide_enough(cpu):
     cpu(True)
     assert common.mixed_precision("auto", 256) == "bf16"
-    assert common.mixed_precision("auto", common.CPU_BF16_MIN_HIDDEN) == "bf16"
+    assert common.mixed_precision("auto", CPU_BF16_MIN_HIDDEN) == "bf16"
     assert common.mixed_precision("auto", 64) == "no"  # the casts would cost more than the matmuls save
     assert common.mixed_precision("auto", None) == "bf16"  # a model of unknown width counts as a real one
     assert common.mixed_precision("no", 4096) == "no"

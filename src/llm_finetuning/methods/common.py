@@ -11,6 +11,7 @@ import torch
 from llm_finetuning.config.schema import Config
 from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError
+from llm_finetuning.precision import cpu_autocast, cpu_has_native_bf16
 from llm_finetuning.runs import distributed
 from llm_finetuning.runs.rundir import RunDir
 
@@ -49,23 +50,6 @@ COVERED = {
 }
 
 
-# bf16 autocast on a CPU with native bf16 pays from this hidden size up; below it the casts cost more than the
-# matmuls save (measured: 0.7-1.0x at 64, 1.5-1.8x at 128, 1.3-2.7x at 256, 2.4x at 768; docs/performance.md).
-CPU_BF16_MIN_HIDDEN = 128
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); read from /proc/cpuinfo (Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split()))
-    except OSError:
-        pass
-    return False
-
-
 def model_hidden_size(config: Config) -> int | None:
     """The hidden size of the model to train, from `model.tiny` or the model's config.json; None if unknown."""
     if config.model.name == "tiny":
@@ -91,9 +75,9 @@ def mixed_precision(setting: str, hidden_size: int | None = None) -> str:
     if setting == "auto":
         if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if torch.backends.mps.is_available() or not cpu_has_native_bf16():
+        if torch.backends.mps.is_available():
             return "no"
-        return "bf16" if (hidden_size or CPU_BF16_MIN_HIDDEN) >= CPU_BF16_MIN_HIDDEN else "no"
+        return cpu_autocast(hidden_size, cpu_has_native_bf16())
     if setting == "fp16" and not cuda:
         raise ConfigError("training.mixed_precision: fp16 autocast needs a CUDA GPU; use `bf16` or `no` on CPU.")
     return setting
