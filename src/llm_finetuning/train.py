@@ -18,6 +18,7 @@ from llm_finetuning.config.schema import Config
 from llm_finetuning.evaluation.callback import TaskEvalCallback
 from llm_finetuning.methods import METHODS
 from llm_finetuning.models.adapters import apply_adapter, count_parameters, save_initial_adapter
+from llm_finetuning.models.kernels import apply_liger, check_liger
 from llm_finetuning.models.loading import is_quantized, load_model, load_tokenizer, prepare_tokenizer
 from llm_finetuning.models.packing import check_packing
 from llm_finetuning.runs import distributed
@@ -131,6 +132,7 @@ def _train(
 
 def _prepare(config: Config, run: RunDir, method: Any) -> tuple[Any, PreTrainedTokenizerBase, Any, Any, Path | None]:
     """Tokenizer, data, and the model with its adapter, ready for the trainer."""
+    check_liger(config)  # before the data and the model load, which take long
     tokenizer = load_tokenizer(config.model)
     changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.needs_chat_template)
     data = method.prepare(config, tokenizer)
@@ -159,6 +161,7 @@ def _prepare(config: Config, run: RunDir, method: Any) -> tuple[Any, PreTrainedT
     if isinstance(model, PeftModel):
         # Point the adapter at a base model that exists, so `final/` loads with plain PEFT.
         model.peft_config["default"].base_model_name_or_path = base_path
+    apply_liger(model, config)
     initial_adapter = save_initial_adapter(model, config.adapter, run.root / "adapter_init") if main else None
     if config.data.packing:
         check_packing(model)
