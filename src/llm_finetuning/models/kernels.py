@@ -40,11 +40,15 @@ def check_liger(config: Config) -> None:
             "training.liger_kernel: liger-kernel is not installed. `pip install 'llm-finetuning[liger]'` (CUDA GPUs), "
             "or set `training.liger_kernel: false`."
         )
-    if not torch.cuda.is_available():
+    if not cuda_available():
         raise ConfigError(
             "training.liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs and no GPU is visible; set "
             "`training.liger_kernel: false` on this machine."
         )
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
 
 
 def supported_model_types() -> set[str] | None:
