@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -32,6 +33,9 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional downloaded kernel is missing; the
     # built-in kernel works, and the download is not possible offline anyway.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # PEFT reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model; a user can do nothing
+    # about it, so the CLI does not show it.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     # Libraries below us are chatty at INFO; keep their warnings.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
