@@ -168,3 +168,17 @@ def test_grpo_on_real_gsm8k_prompts_with_the_five_math_rewards(tmp_path):
         # 8 random bytes hold neither `<answer>` nor `####`: "no answer" scores 0.0.
         assert row["rewards/answer_correctness/mean"] == 0.0
         assert 0.0 <= row["reward"] <= 2.0  # the four format rewards give at most 0.5 each
+
+
+def test_each_logged_step_says_where_its_time_went(tmp_path, write_jsonl):
+    config = grpo_config(tmp_path, write_jsonl, training={"gradient_accumulation_steps": 2})
+    result = train(config)
+    assert result.status == "completed"
+    logged = [row for row in metrics(result.run.root) if "step_time" in row]
+    assert [row["step"] for row in logged] == [1, 2, 3]
+    phases = ("time/generation", "time/rewards", "time/log_probs", "time/train")
+    for row in logged:
+        assert all(row[name] >= 0 for name in phases)
+        assert row["time/generation"] > 0 and row["time/train"] > 0
+        # The phases split TRL's own step time (both micro-batches of the step), nothing counted twice or lost.
+        assert sum(row[name] for name in phases) == pytest.approx(row["step_time"], rel=0.02)

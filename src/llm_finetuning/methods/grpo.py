@@ -8,6 +8,7 @@ with the adapter disabled; with full weights and `beta > 0`, a frozen copy of th
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -65,9 +66,63 @@ def rewards(config: Config, rows: list[dict[str, Any]], run: RunDir | None = Non
 
 
 class JudgedGRPOTrainer(GRPOTrainer):
-    """GRPO whose logs carry the judge's counters (calls, cache hits, failures, fallbacks)."""
+    """GRPO whose logs carry where each optimizer step's time went and the judge's counters (calls, cache hits,
+    failures, fallbacks).
+
+    Time per optimizer step, averaged over the logging interval: `time/generation` (sampling the completions),
+    `time/rewards` (scoring them, judges included), `time/log_probs` (the no-gradient old-policy and reference
+    log-probabilities, and the rest of preparing the batch) and `time/train` (forward and backward); TRL's
+    `step_time` is their sum. What they say decides what to speed up (generation: `generation_backend: vllm`).
+    """
 
     judge: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase_seconds: dict[str, float] = {}
+        self._timing = False  # only training steps are timed, not evaluation's generation
+
+    def _add_time(self, phase: str, started: float) -> None:
+        if self._timing:
+            self._phase_seconds[phase] = self._phase_seconds.get(phase, 0.0) + time.perf_counter() - started
+
+    def _generate(self, prompts: list) -> Any:
+        started = time.perf_counter()
+        try:
+            return super()._generate(prompts)
+        finally:
+            self._add_time("generation", started)
+
+    def _calculate_rewards(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return super()._calculate_rewards(*args, **kwargs)
+        finally:
+            self._add_time("rewards", started)
+
+    def _prepare_inputs(self, generation_batch: Any) -> Any:
+        self._timing = self.model.training
+        started = time.perf_counter()
+        try:
+            return super()._prepare_inputs(generation_batch)
+        finally:
+            self._add_time("prepare", started)
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        started = time.perf_counter()
+        output = super().training_step(model, inputs, num_items_in_batch)
+        self._add_time("step", started)
+        if self._step % self.current_gradient_accumulation_steps == 0:  # the optimizer step's last micro-batch
+            seconds = self._phase_seconds
+            generation, rewards = seconds.get("generation", 0.0), seconds.get("rewards", 0.0)
+            prepare = seconds.get("prepare", 0.0)
+            train = self._metrics["train"]
+            train["time/generation"].append(generation)
+            train["time/rewards"].append(rewards)
+            train["time/log_probs"].append(max(prepare - generation - rewards, 0.0))
+            train["time/train"].append(max(seconds.get("step", 0.0) - prepare, 0.0))
+            self._phase_seconds = {}
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.judge is not None:
