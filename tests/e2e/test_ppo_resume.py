@@ -39,6 +39,7 @@ from llm_finetuning.methods.ppo import (
     frozen_copy,
     read_state,
 )
+from llm_finetuning.methods.ppo.trainer import WALL_CLOCK_STATS
 from llm_finetuning.models.tiny import build_model, build_tokenizer
 from llm_finetuning.train import train
 from tests.conftest import REPO
@@ -119,7 +120,7 @@ def reference(tmp_path_factory, prompts):
 def records(run: Path) -> list[dict[str, Any]]:
     """metrics.jsonl in file order, without the wall-clock time."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "step_time_s"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK_STATS} for line in lines]
 
 
 def checkpoint_names(run: Path) -> list[str]:
@@ -320,9 +321,8 @@ def test_trainer_checkpoint_round_trip_with_a_scheduler_and_its_refusals(tmp_pat
     resumed.load_checkpoint(tmp_path / "checkpoint", dataset_size=5)
     assert resumed.lr_scheduler.state_dict() == first.lr_scheduler.state_dict()
     got = resumed.train(WORDS[:5], steps=2)
-    drop = "step_time_s"
-    assert [{k: v for k, v in s.items() if k != drop} for s in got] == [
-        {k: v for k, v in s.items() if k != drop} for s in expected[1:]
+    assert [{k: v for k, v in s.items() if k not in WALL_CLOCK_STATS} for s in got] == [
+        {k: v for k, v in s.items() if k not in WALL_CLOCK_STATS} for s in expected[1:]
     ]
     assert got[-1]["learning_rate"] == pytest.approx(1e-2 / 7)  # the schedule went on: 6 optimizer steps
     for (name, want), have in zip(

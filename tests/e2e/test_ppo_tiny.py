@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from llm_finetuning.config.adapters import LoraAdapter
 from llm_finetuning.config.schema import TinyModelConfig
 from llm_finetuning.methods.ppo import PPOOptions, PPOTrainer, frozen_copy, load_value_head
+from llm_finetuning.methods.ppo.trainer import WALL_CLOCK_STATS
 from llm_finetuning.models.adapters import apply_adapter
 from llm_finetuning.models.tiny import build_model, build_tokenizer
 
@@ -157,6 +158,10 @@ def test_same_seed_same_run(tokenizer) -> None:
         options = PPOOptions(batch_size=4, mini_batch_size=2, max_new_tokens=4, learning_rate=1e-2, seed=3)
         trainer = PPOTrainer(lora_policy(tokenizer), tokenizer, options, digit_fraction)
         history = trainer.train(WORDS, steps=3)
-        return [{k: v for k, v in s.items() if k != "step_time_s"} for s in history]
+        for stats in history:  # the phases split the step's wall-clock time
+            phases = [stats[k] for k in WALL_CLOCK_STATS if k.startswith("time/")]
+            assert len(phases) == 4 and min(phases) >= 0 and stats["time/generation"] > 0
+            assert sum(phases) == pytest.approx(stats["step_time_s"], rel=0.05)
+        return [{k: v for k, v in s.items() if k not in WALL_CLOCK_STATS} for s in history]
 
     assert run() == run()

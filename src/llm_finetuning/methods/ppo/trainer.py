@@ -24,6 +24,8 @@ from llm_finetuning.methods.ppo.rollout import Prompt, Rollout, eos_token_ids, p
 from llm_finetuning.methods.ppo.value_head import PolicyWithValueHead, save_value_head
 
 logger = logging.getLogger(__name__)
+# Stats that measure wall-clock time: they differ between two otherwise identical runs.
+WALL_CLOCK_STATS = frozenset({"step_time_s", "time/generation", "time/rewards", "time/log_probs", "time/train"})
 
 OPTIONS_FILE = "ppo_options.yaml"
 LogFn = Callable[[dict[str, float]], None]
@@ -98,13 +100,16 @@ class PPOTrainer:
         prompts, extras = _repeat(prompts, extras, opts.num_generations)
         self.model.eval()
         rollout = sample(self.policy, self.tokenizer, prompts, opts, self.eos_ids)
+        generated = time.perf_counter()
         scores = check_scores(self.reward_fn(rollout.prompts, rollout.completions, **extras), len(rollout))
+        rewarded = time.perf_counter()
         mask = rollout.response_mask
         score = torch.tensor(scores, dtype=torch.float32, device=mask.device)
         if opts.missing_eos_penalty is not None:
             score = score - opts.missing_eos_penalty * (~rollout.ended).float()
 
         old_logprobs, old_values, ref_logprobs, entropy = self._score(rollout)
+        scored = time.perf_counter()
         kl_coef = self.kl_controller.value
         rewards = core.per_token_rewards(score, old_logprobs, ref_logprobs, mask, kl_coef, opts.kl_estimator)
         if opts.whiten_rewards:
@@ -114,6 +119,7 @@ class PPOTrainer:
             advantages = core.masked_whiten(advantages, mask)
 
         train_stats = self._optimize(rollout, old_logprobs, old_values, advantages, returns)
+        trained = time.perf_counter()
         # KL per completion (summed over its tokens): the quantity the adaptive controller's target refers to.
         kl = (core.kl_penalty(old_logprobs, ref_logprobs, opts.kl_estimator) * mask).sum(dim=1).mean().item()
         self.kl_controller.update(kl, len(rollout))
@@ -133,6 +139,11 @@ class PPOTrainer:
             **train_stats,
             "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
             "step_time_s": time.perf_counter() - started,
+            # Where the step's time went: what to speed up first.
+            "time/generation": generated - started,
+            "time/rewards": rewarded - generated,
+            "time/log_probs": scored - rewarded,
+            "time/train": trained - scored,
         }
         self.history.append(stats)
         logger.info(
