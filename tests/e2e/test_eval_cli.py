@@ -186,3 +186,37 @@ def test_eval_section_runs_during_and_after_training_and_a_golden_regression_fai
     assert outcome.exit_code == 0, outcome.output
     again = json.loads((tmp_path / "again" / "rouge_bleu.json").read_text())
     assert [e["output"] for e in again["examples"]] == [e["output"] for e in final["examples"]]
+
+
+def test_eval_command_reports_examples_skipped_or_truncated_to_fit_a_short_context(tmp_path):
+    """A 64-token model: generation prompts that leave no room for the answer are skipped and counted, ARC
+    questions (all longer than 64 tokens) are scored on their cut context and counted; the run succeeds."""
+    tokenizer = build_tokenizer()
+    shape = TinyModelConfig(hidden_size=32, num_heads=2, seed=4, max_position_embeddings=64)
+    build_model(shape, tokenizer).save_pretrained(tmp_path / "short")
+    tokenizer.save_pretrained(tmp_path / "short")
+    # ChatML adds 19 tokens to a user message (byte-level tokens): with 8 new tokens, up to 37 bytes fit.
+    prompts = ["Hi", "x" * 100, "Name a colour", "y" * 38]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": p, "completion": "ok"}) + "\n" for p in prompts))
+    arc = shared("arc/ARC-Challenge-Dev.jsonl")
+    outcome = invoke(
+        tmp_path / "short", "--tasks", "rouge_bleu,arc_loglik", "--path", f"rouge_bleu={rows}",
+        "--path", f"arc_loglik={arc}", "--limit", "3", "--max-new-tokens", "8", "--output", tmp_path / "out",
+    )  # fmt: skip
+    assert outcome.exit_code == 0, outcome.output
+    text = " ".join(outcome.output.split())
+    assert "rouge_bleu: 1 skipped as too long for the model's context of 64 tokens; 2 scored" in text
+    assert "arc_loglik: 3 with context cut from the left to fit 64 tokens (`truncated`); 3 scored" in text
+    saved = json.loads((tmp_path / "out" / "rouge_bleu.json").read_text())
+    assert saved["metrics"]["skipped_too_long"] == 1 and saved["metrics"]["examples"] == 2
+    assert "exceeds the model's context of 64 tokens" in saved["skipped"][0]
+    loglik = json.loads((tmp_path / "out" / "arc_loglik.json").read_text())
+    assert loglik["metrics"]["truncated"] == 3 and all(e["truncated"] for e in loglik["examples"])
+    # --max-length overrides the context the config states.
+    tighter = invoke(
+        tmp_path / "short", "--tasks", "rouge_bleu", "--path", f"rouge_bleu={rows}", "--max-new-tokens", "8",
+        "--max-length", "30", "--output", tmp_path / "tight",
+    )  # fmt: skip
+    assert tighter.exit_code == 0, tighter.output
+    assert json.loads((tmp_path / "tight" / "rouge_bleu.json").read_text())["metrics"]["skipped_too_long"] == 3

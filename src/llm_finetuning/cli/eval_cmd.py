@@ -121,16 +121,41 @@ def _judge(judge_config: str | None, run_config: Any) -> Any:
     return JudgeClient(settings)
 
 
+COUNTS = ("examples", "skipped_too_long", "truncated")
+"""Counts of examples, reported under the table rather than as metric rows."""
+
+
 def _print_results(results: dict[str, Any], title: str) -> None:
     table = Table("task", "metric", "value", "± stderr", "n", title=title)
     for name, result in results.items():
         n = int(result.metrics.get("examples", 0))
         for metric, value in result.metrics.items():
-            if metric.endswith("_stderr") or metric == "examples":
+            if metric.endswith("_stderr") or metric in COUNTS:
                 continue
             stderr = result.metrics.get(f"{metric}_stderr")
             table.add_row(name, metric, f"{value:.4f}", "" if stderr is None else f"{stderr:.4f}", str(n))
     console.print(table)
+    for name, result in results.items():
+        _print_counts(name, result)
+
+
+def _print_counts(name: str, result: Any) -> None:
+    """One line per task that did not score every example as given: skipped or truncated to fit the context,
+    or unusable rows."""
+    too_long = int(result.metrics.get("skipped_too_long", 0))
+    truncated = int(result.metrics.get("truncated", 0))
+    unusable = len(result.skipped) - too_long
+    context = result.settings.get("max_length")
+    notes = []
+    if too_long:
+        notes.append(f"{too_long} skipped as too long for the model's context of {context} tokens")
+    if truncated:
+        notes.append(f"{truncated} with context cut from the left to fit {context} tokens (`truncated`)")
+    if unusable:
+        notes.append(f"{unusable} unusable rows skipped")
+    if notes:
+        scored = int(result.metrics.get("examples", 0))
+        console.print(f"[yellow]{name}[/]: {'; '.join(notes)}; {scored} scored", highlight=False)
 
 
 def _print_golden(report: Any) -> None:
@@ -173,6 +198,9 @@ def eval_cmd(
     batch_size: int = typer.Option(None, "--batch-size", help="Prompts per generation batch (default 8)."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Tokens per answer (default: per task)."),
     seed: int = typer.Option(None, "--seed", help="Seed set before each task (default 0)."),
+    max_length: int = typer.Option(
+        None, "--max-length", min=2, help="Tokens the model reads at most, prompt + answer (default: its context)."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", help="0: greedy decoding; above 0 samples (seeded)."),
     output: str = typer.Option(None, "--output", help="Results folder (default: RUN/eval, else ./eval)."),
     golden: str = typer.Option(None, "--golden", help="Golden file (YAML/JSONL) to check TARGET against."),
@@ -213,7 +241,12 @@ def eval_cmd(
     run_config = _run_config(target)
     defaults = run_config.eval if run_config is not None else None
     settings = EvalSettings.from_config(defaults) if defaults is not None else EvalSettings()
-    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("seed", seed)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("max_new_tokens", max_new_tokens),
+        ("seed", seed),
+        ("max_length", max_length),
+    ):
         if value is not None:
             setattr(settings, name, value)
     settings.temperature = temperature

@@ -187,6 +187,25 @@ def score_outputs(golden: GoldenSet, outputs: list[str], judge: Any = None) -> M
     return ModelOutcome(outputs, scores, passed)
 
 
+def check_fits(model: Any, tokenizer: Any, golden: GoldenSet, max_length: int | None = None) -> None:
+    """A `UserError` naming the golden items whose prompt and `max_new_tokens` exceed the model's context."""
+    from llm_finetuning.evaluation.context import context_length, prompt_overflow
+    from llm_finetuning.evaluation.runner import check_room, prompt_tokens
+
+    limit = context_length(model, tokenizer, max_length)
+    check_room(golden.max_new_tokens, limit, f"golden set {golden.path}")
+    reasons = [
+        f"`{item_id}`: {reason}"
+        for item, item_id in zip(golden.items, golden.ids, strict=True)
+        if (reason := prompt_overflow(prompt_tokens(tokenizer, item.messages), golden.max_new_tokens, limit))
+    ]
+    if reasons:
+        raise UserError(
+            f"golden set {golden.path}: {len(reasons)} item(s) do not fit the model: {'; '.join(reasons[:5])}. "
+            "Shorten them or lower the file's `max_new_tokens`"
+        )
+
+
 def run_golden(
     model: Any,
     tokenizer: Any,
@@ -196,11 +215,14 @@ def run_golden(
     progress: Any = None,
     label: str = "golden",
 ) -> ModelOutcome:
-    """Generate an answer to every golden prompt (greedy, batched) and score it; `label` names the progress."""
+    """Generate an answer to every golden prompt (greedy, batched) and score it; `label` names the progress.
+    A prompt that leaves no room for `max_new_tokens` in the model's context is a `UserError`: a golden item
+    is the user's own, and skipping it would change the pass rate."""
     from llm_finetuning.evaluation.runner import EvalSettings, LogProgress, generate_all, inference_mode
 
     settings = settings or EvalSettings()
     progress = progress or LogProgress()
+    check_fits(model, tokenizer, golden, settings.max_length)
     progress.start(label, len(golden.items))
     with inference_mode(model, tokenizer):
         outputs = generate_all(

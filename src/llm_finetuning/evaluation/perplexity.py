@@ -6,15 +6,22 @@ each window only the tokens not scored by an earlier window are scored, so each 
 non-overlapping computation). The first token of a document has no context and is never scored; with
 `stride = window` neither is the first token of each window. Sums are exact (per-token log-probabilities in
 float32 and float64 sums), not averages of window means.
+
+No window is longer than the model's context (`context.context_length`): the default window is the context,
+at most 1024 tokens, and a `window` above the context is lowered to it with a warning (a `stride` above the
+lowered window with it), so the model never sees positions it was not built for.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 1024
 
@@ -27,10 +34,25 @@ class DocumentNLL:
     """How many tokens were scored."""
 
 
-def default_window(model: PreTrainedModel) -> int:
-    """The model's maximum sequence length, capped at 1024 tokens."""
-    limit = getattr(model.config, "max_position_embeddings", None) or DEFAULT_WINDOW
-    return min(int(limit), DEFAULT_WINDOW)
+def default_window(limit: int | None) -> int:
+    """The model's context (`limit`; unknown: 1024), capped at 1024 tokens."""
+    return min(limit or DEFAULT_WINDOW, DEFAULT_WINDOW)
+
+
+def choose_window(window: int | None, stride: int | None, limit: int | None) -> tuple[int, int]:
+    """The (window, stride) to read documents with: the task's, else the defaults, never past `limit`."""
+    chosen = window or default_window(limit)
+    if limit is not None and chosen > limit:
+        logger.warning(
+            "perplexity: `window` %d is longer than the model's context of %d tokens; using %d, stride at most "
+            "that (set eval.tasks[].window to at most %d, or eval.max_length if the model reads longer sequences)",
+            chosen,
+            limit,
+            limit,
+            limit,
+        )
+        chosen = limit
+    return chosen, min(stride or chosen, chosen)
 
 
 def windows(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -79,10 +101,13 @@ def corpus_nll(
     window: int | None = None,
     stride: int | None = None,
     progress: Callable[[int], None] | None = None,
+    max_length: int | None = None,
 ) -> list[DocumentNLL]:
-    """The NLL of each document; `window` defaults to the model's context (at most 1024), `stride` to `window`."""
-    window = window or default_window(model)
-    stride = stride or window
+    """The NLL of each document; `window` defaults to the model's context (at most 1024), `stride` to `window`;
+    `max_length` overrides the context the model's config states."""
+    from llm_finetuning.evaluation.context import context_length
+
+    window, stride = choose_window(window, stride, context_length(model, tokenizer, max_length))
     results = []
     for text in texts:
         results.append(document_nll(model, tokenize_document(tokenizer, text), window, stride))

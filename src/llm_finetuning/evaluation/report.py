@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 HIDDEN = ("examples", "tokens", "window", "stride", "judge_fallbacks", "sentence_bleu")
 """Bookkeeping values kept in the JSON but left out of the table and the chart."""
+CONTEXT_COUNTS = ("skipped_too_long", "truncated")
+"""Examples that did not fit a model's context: shown only where some variant has any (the metrics of that
+task then cover different examples per variant)."""
 LOWER_IS_BETTER = ("perplexity", "nll_per_token")
 
 
@@ -122,6 +125,11 @@ def before_after(
                 table.setdefault(f"{name}/{metric}", {})[variant.name] = results[name].metrics[metric]
         del model
         gc.collect()
+    table = {
+        key: values
+        for key, values in table.items()
+        if key.rsplit("/", 1)[-1] not in CONTEXT_COUNTS or any(values.values())
+    }
     order = [v.name for v in chosen]
     eval_dir = root / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,12 @@
 """Run evaluation tasks on a loaded model: batched greedy generation (or log-likelihoods), seeded, with a
-progress hook, and one results JSON per task with every example's prompt, output, prediction and score."""
+progress hook, and one results JSON per task with every example's prompt, output, prediction and score.
+
+Nothing is fed past the model's context (`context.context_length`): a generation example whose prompt leaves no
+room for `max_new_tokens` is skipped, listed in `skipped` with its reason and counted in the task's
+`skipped_too_long`; a log-likelihood example keeps every option token and loses context from the left, marked
+`truncated` and counted in `truncated`. Cutting a generation prompt would remove the chat template's start or
+the question's evidence, so the model would answer a different question; skipping keeps the score honest.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from llm_finetuning.errors import UserError
 from llm_finetuning.evaluation import metrics
 from llm_finetuning.evaluation.config import EvalTaskConfig
+from llm_finetuning.evaluation.context import context_length, prompt_overflow
 from llm_finetuning.evaluation.tasks import TASKS, Example, TaskSpec, load_examples
 from llm_finetuning.serve.generation import _render as render_prompt  # the exact text generation starts from
 from llm_finetuning.serve.generation import generate
@@ -52,10 +60,14 @@ class EvalSettings:
     seed: int = 0
     temperature: float = 0.0
     """0 is greedy decoding; above 0 samples, repeatably for a given seed and batch size."""
+    max_length: int | None = None
+    """Tokens the model reads at most (prompt + answer); None: the model's own context."""
 
     @classmethod
     def from_config(cls, section: Any, **overrides: Any) -> EvalSettings:
         values = {name: getattr(section, name) for name in ("limit", "max_new_tokens", "batch_size", "seed")}
+        # `eval.max_length` is read only when the config schema has it.
+        values["max_length"] = getattr(section, "max_length", None)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -126,6 +138,38 @@ def generate_all(
     return outputs
 
 
+def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> int:
+    """Tokens of a prompt exactly as generation feeds it (rendered with the chat template, no added specials)."""
+    return len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+
+
+def check_room(max_new_tokens: int, limit: int | None, where: str) -> None:
+    """A `UserError` when `max_new_tokens` alone fills the context: no prompt could be answered."""
+    if limit is not None and max_new_tokens >= limit:
+        raise UserError(
+            f"{where}: max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
+            f"{limit} tokens; lower max_new_tokens (the task's, eval.max_new_tokens or --max-new-tokens), or set "
+            "eval.max_length (--max-length) if the model reads longer sequences"
+        )
+
+
+def fitting_examples(
+    tokenizer: PreTrainedTokenizerBase, examples: list[Example], max_new_tokens: int, limit: int | None
+) -> tuple[list[Example], list[str]]:
+    """The examples whose prompt plus `max_new_tokens` fits `limit`, and `id: reason` for each of the others."""
+    if limit is None:
+        return examples, []
+    kept: list[Example] = []
+    dropped: list[str] = []
+    for ex in examples:
+        reason = prompt_overflow(prompt_tokens(tokenizer, ex.prompt), max_new_tokens, limit)
+        if reason is None:
+            kept.append(ex)
+        else:
+            dropped.append(f"{ex.id}: {reason}")
+    return kept, dropped
+
+
 def _generation_records(spec: TaskSpec, examples: list[Example], outputs: list[str]) -> list[dict[str, Any]]:
     return [
         {"id": ex.id, "prompt": ex.prompt, "output": out, **spec.score(out, ex)}
@@ -137,19 +181,31 @@ def _run_generate(spec, examples, outputs) -> tuple[dict[str, float], list[dict[
     records = _generation_records(spec, examples, outputs)
     summary = metrics.summarise(records, spec.metrics)
     if spec.name == "rouge_bleu":
-        summary["bleu"] = metrics.corpus_bleu([r["prediction"] for r in records], [r["reference"] for r in records])
+        predictions, references = [r["prediction"] for r in records], [r["reference"] for r in records]
+        summary["bleu"] = metrics.corpus_bleu(predictions, references) if records else float("nan")
     return summary, records
 
 
-def _run_loglik(model, tokenizer, examples: list[Example], settings: EvalSettings, progress: Progress):
-    from llm_finetuning.evaluation.multiple_choice import score_options
+def _run_loglik(model, tokenizer, examples: list[Example], settings: EvalSettings, context: int | None, progress):
+    from llm_finetuning.evaluation.multiple_choice import ContinuationTooLong, score_options
 
     records = []
+    too_long: list[str] = []
     for ex in examples:
         letters = [letter for letter, _ in ex.options]
-        scores = score_options(
-            model, tokenizer, render_prompt(tokenizer, ex.prompt), [t for _, t in ex.options], settings.batch_size
-        )
+        try:
+            scores = score_options(
+                model,
+                tokenizer,
+                render_prompt(tokenizer, ex.prompt),
+                [t for _, t in ex.options],
+                settings.batch_size,
+                context,
+            )
+        except ContinuationTooLong as exc:
+            too_long.append(f"{ex.id}: {exc}")
+            progress.advance(1)
+            continue
         gold = ex.gold["answer"]
         records.append(
             {
@@ -163,18 +219,22 @@ def _run_loglik(model, tokenizer, examples: list[Example], settings: EvalSetting
                 "reference": gold,
                 "acc": float(letters[scores.best] == gold),
                 "acc_norm": float(letters[scores.best_normalised] == gold),
+                "truncated": scores.truncated,
+                "context_tokens_dropped": scores.dropped,
             }
         )
         progress.advance(1)
-    return metrics.summarise(records, ("acc", "acc_norm")), records
+    summary = metrics.summarise(records, ("acc", "acc_norm"))
+    summary["truncated"] = float(sum(r["truncated"] for r in records))
+    return summary, records, too_long
 
 
-def _run_perplexity(model, tokenizer, task: EvalTaskConfig, examples: list[Example], progress: Progress):
-    from llm_finetuning.evaluation.perplexity import corpus_nll, default_window
+def _run_perplexity(model, tokenizer, task: EvalTaskConfig, examples: list[Example], context: int | None, progress):
+    from llm_finetuning.evaluation.perplexity import choose_window, corpus_nll
 
-    window = task.window or default_window(model)
-    stride = task.stride or window
-    results = corpus_nll(model, tokenizer, [ex.text for ex in examples], window, stride, progress.advance)
+    window, stride = choose_window(task.window, task.stride, context)
+    texts = [ex.text for ex in examples]
+    results = corpus_nll(model, tokenizer, texts, window, stride, progress.advance, max_length=context)
     records = [
         {
             "id": ex.id,
@@ -255,15 +315,22 @@ def evaluate_task(
     if spec.kind == "judged":
         _check_judge(task, judge)
     limit = task.limit or settings.limit
-    examples, skipped = load_examples(task, limit)
     max_new_tokens = task.max_new_tokens or settings.max_new_tokens or spec.max_new_tokens
+    context = context_length(model, tokenizer, settings.max_length)
+    generates = spec.kind in ("generate", "judged")
+    if generates:
+        check_room(max_new_tokens, context, f"task `{task.name}`")
+    examples, skipped = load_examples(task, limit)
+    too_long: list[str] = []
+    if generates:
+        examples, too_long = fitting_examples(tokenizer, examples, max_new_tokens, context)
     set_seed(settings.seed)
     progress.start(task.name, len(examples))
     with inference_mode(model, tokenizer):
         if spec.kind == "perplexity":
-            summary, records = _run_perplexity(model, tokenizer, task, examples, progress)
+            summary, records = _run_perplexity(model, tokenizer, task, examples, context, progress)
         elif spec.kind == "loglik":
-            summary, records = _run_loglik(model, tokenizer, examples, settings, progress)
+            summary, records, too_long = _run_loglik(model, tokenizer, examples, settings, context, progress)
         else:
             prompts = [ex.prompt for ex in examples]
             outputs = generate_all(model, tokenizer, prompts, settings, max_new_tokens, progress)
@@ -272,17 +339,43 @@ def evaluate_task(
             else:
                 summary, records = _run_generate(spec, examples, outputs)
     summary["examples"] = float(len(records))
+    if spec.kind != "perplexity":
+        summary["skipped_too_long"] = float(len(too_long))
+    _warn_over_context(task.name, spec.kind, summary, too_long, context)
     used = {
         "task": task.model_dump(exclude_defaults=True),
         "limit": limit,
         "seed": settings.seed,
         "batch_size": settings.batch_size,
         "temperature": settings.temperature,
+        "max_length": context,
     }
-    if spec.kind in ("generate", "judged"):
+    if generates:
         used["max_new_tokens"] = max_new_tokens
     logger.info("%s: %s", task.name, ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if "stderr" not in k))
-    return TaskResult(task.name, summary, records, skipped, used)
+    return TaskResult(task.name, summary, records, skipped + too_long, used)
+
+
+def _warn_over_context(name: str, kind: str, summary: dict[str, float], too_long: list[str], context: int | None):
+    """One warning per task that skipped or truncated examples to fit the model's context."""
+    skipped, truncated = int(summary.get("skipped_too_long", 0)), int(summary.get("truncated", 0))
+    if not (skipped or truncated):
+        return
+    parts = []
+    if truncated:
+        parts.append(f"{truncated} had context cut from the left (marked `truncated`)")
+    if skipped:
+        what = "an option alone is too long" if kind == "loglik" else "no room for max_new_tokens"
+        parts.append(f"{skipped} were skipped ({what}; first: {too_long[0]})")
+    logger.warning(
+        "Task %s: examples longer than the model's context of %d tokens: %s; %d scored. Use a model with a longer "
+        "context (or eval.max_length if this one reads longer sequences)%s",
+        name,
+        context,
+        ", ".join(parts),
+        int(summary["examples"]),
+        ", or lower max_new_tokens" if kind != "loglik" and skipped else "",
+    )
 
 
 def result_names(tasks: list[EvalTaskConfig]) -> list[str]:
