@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, LlavaConfig
 
-from llm_finetuning.config.schema import TinyModelConfig
+from llm_finetuning.config.schema import EvalConfig, TinyModelConfig
 from llm_finetuning.errors import UserError
 from llm_finetuning.evaluation.config import EvalTaskConfig
 from llm_finetuning.evaluation.context import config_context_length, context_length
@@ -100,7 +100,7 @@ def test_the_tokenizer_limit_is_used_only_when_real_and_the_override_wins(llama)
 
 
 def test_the_eval_section_limit_reaches_the_settings():
-    section = SimpleNamespace(limit=None, max_new_tokens=None, batch_size=8, seed=0, max_length=48)
+    section = EvalConfig.model_validate({"max_length": 48})  # the `eval:` section of a YAML file
     assert EvalSettings.from_config(section).max_length == 48
     assert EvalSettings.from_config(section, max_length=32).max_length == 32
 

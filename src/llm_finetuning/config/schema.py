@@ -318,6 +318,10 @@ class EvalConfig(Section):
     """Default number of examples per task (first N); a task's own `limit` wins. Unset: all."""
     max_new_tokens: int | None = Field(None, gt=0)
     """Default tokens generated per answer; a task's own `max_new_tokens` wins. Unset: each task's default."""
+    max_length: int | None = Field(None, gt=1)
+    """Tokens the model reads at most in evaluation (prompt + generated answer, or context + option); unset: the
+    model's own context (`max_position_embeddings` or equivalent). Examples that do not fit are skipped or truncated
+    and counted (docs/evaluation.md)."""
     batch_size: int = Field(8, gt=0)
     """Prompts generated (or options scored) per forward pass."""
     seed: int = 0

@@ -65,9 +65,8 @@ class EvalSettings:
 
     @classmethod
     def from_config(cls, section: Any, **overrides: Any) -> EvalSettings:
-        values = {name: getattr(section, name) for name in ("limit", "max_new_tokens", "batch_size", "seed")}
-        # `eval.max_length` is read only when the config schema has it.
-        values["max_length"] = getattr(section, "max_length", None)
+        names = ("limit", "max_new_tokens", "batch_size", "seed", "max_length")
+        values = {name: getattr(section, name) for name in names}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
