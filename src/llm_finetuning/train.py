@@ -21,6 +21,7 @@ from llm_finetuning.models.adapters import apply_adapter, count_parameters, save
 from llm_finetuning.models.kernels import apply_liger, check_liger
 from llm_finetuning.models.loading import is_quantized, load_model, load_tokenizer, prepare_tokenizer
 from llm_finetuning.models.packing import check_packing
+from llm_finetuning.models.unsloth_backend import check_unsloth
 from llm_finetuning.runs import distributed
 from llm_finetuning.runs.metrics import MetricsLogger, read_metrics
 from llm_finetuning.runs.plots import plot_metrics
@@ -133,6 +134,7 @@ def _train(
 def _prepare(config: Config, run: RunDir, method: Any) -> tuple[Any, PreTrainedTokenizerBase, Any, Any, Path | None]:
     """Tokenizer, data, and the model with its adapter, ready for the trainer."""
     check_liger(config)  # before the data and the model load, which take long
+    check_unsloth(config)
     tokenizer = load_tokenizer(config.model)
     changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.needs_chat_template)
     data = method.prepare(config, tokenizer)
@@ -157,6 +159,7 @@ def _prepare(config: Config, run: RunDir, method: Any) -> tuple[Any, PreTrainedT
         tokenizer_path=base_path,
         quantized=is_quantized(model),
         gradient_checkpointing=config.training.gradient_checkpointing,
+        seed=config.training.seed,
     )
     if isinstance(model, PeftModel):
         # Point the adapter at a base model that exists, so `final/` loads with plain PEFT.
@@ -179,7 +182,7 @@ def _load_base(
     be quantized, exactly as a hub model would be.
     """
     if config.model.name != "tiny":
-        return load_model(config.model, tokenizer, head), config.model.name
+        return load_model(config.model, tokenizer, head, max_seq_length=config.data.max_length), config.model.name
     model = load_model(config.model.model_copy(update={"quantization": "none"}), tokenizer)
     if distributed.is_main():
         model.save_pretrained(run.base)

@@ -64,3 +64,16 @@ def check_learning_rate(config: Config, report: CheckReport) -> None:
                 "than LoRA, full fine-tuning far smaller)."
             ),
         )
+
+
+def check_backend(config: Config, report: CheckReport) -> None:
+    """`model.backend: unsloth` needs its package and a CUDA GPU: refused here as `llmft train` would refuse it.
+
+    What the backend cannot do with the config itself (adapters, methods) is a config error, reported before this runs.
+    """
+    if config.model.backend != "unsloth":
+        return
+    from llm_finetuning.models.unsloth_backend import environment_problems
+
+    for problem in environment_problems():
+        report.add("error", "model.backend", problem)

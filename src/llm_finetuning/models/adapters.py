@@ -34,6 +34,7 @@ from llm_finetuning.config.adapters import (
     PTuningAdapter,
 )
 from llm_finetuning.errors import ConfigError
+from llm_finetuning.models import unsloth_backend
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,36 @@ def apply_adapter(
     quantized: bool = False,
     gradient_checkpointing: bool = False,
     task_type: str = "CAUSAL_LM",
+    seed: int | None = None,
 ) -> PreTrainedModel | PeftModel:
-    """Return the model to train: a PEFT model with only adapter weights trainable, or the model itself."""
+    """Return the model to train: a PEFT model with only adapter weights trainable, or the model itself.
+
+    A model loaded by `model.backend: unsloth` gets its adapter from Unsloth, seeded with `seed` (`training.seed`);
+    Unsloth prepares quantized weights and checkpointing itself.
+    """
+    if unsloth_backend.loaded_by_unsloth(model):
+        wrapped = unsloth_backend.apply_adapter(model, adapter, gradient_checkpointing, seed)
+    else:
+        wrapped = _apply_peft(model, adapter, tokenizer_path, quantized, gradient_checkpointing, task_type)
+    counts = count_parameters(wrapped)
+    logger.info(
+        "adapter %s: %s of %s parameters train (%.3f%%)",
+        adapter.method,
+        f"{counts['trainable']:,}",
+        f"{counts['total']:,}",
+        100 * counts["trainable"] / max(counts["total"], 1),
+    )
+    return wrapped
+
+
+def _apply_peft(
+    model: PreTrainedModel,
+    adapter: AnyAdapter,
+    tokenizer_path: str | None,
+    quantized: bool,
+    gradient_checkpointing: bool,
+    task_type: str,
+) -> PreTrainedModel | PeftModel:
     if quantized:
         # Casts norms to fp32, enables input gradients for checkpointing through frozen quantized layers.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
@@ -111,14 +140,6 @@ def apply_adapter(
         wrapped = freeze_except(model, adapter)
     else:
         wrapped = get_peft_model(model, peft_config(adapter, tokenizer_path, task_type))
-    counts = count_parameters(wrapped)
-    logger.info(
-        "adapter %s: %s of %s parameters train (%.3f%%)",
-        adapter.method,
-        f"{counts['trainable']:,}",
-        f"{counts['total']:,}",
-        100 * counts["trainable"] / max(counts["total"], 1),
-    )
     return wrapped
 
 

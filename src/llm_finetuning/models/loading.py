@@ -20,7 +20,7 @@ from llm_finetuning.config.schema import ModelConfig
 from llm_finetuning.data.templates import BUILTIN_TEMPLATES
 from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError, UserError
-from llm_finetuning.models import tiny
+from llm_finetuning.models import tiny, unsloth_backend
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +116,23 @@ def prepare_tokenizer(
     return changes
 
 
-def load_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, head: str = "causal_lm") -> PreTrainedModel:
+def load_model(
+    config: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    head: str = "causal_lm",
+    max_seq_length: int | None = None,
+) -> PreTrainedModel:
     """Load or build the model, grow its embeddings to the tokenizer, and align its special token ids.
 
     `head="sequence_classification"` loads the same network with a scalar score head (reward models).
+    `max_seq_length` (`data.max_length`) is what `model.backend: unsloth` sizes its kernels for; the transformers
+    backend does not need it.
     """
     dtype = resolve_dtype(config.dtype)
-    if config.name == "tiny":
+    if config.backend == "unsloth":
+        _check_local(config.name, "model.name")
+        model = unsloth_backend.load_model(config, max_seq_length, head)
+    elif config.name == "tiny":
         if head != "causal_lm":
             raise ValueError("tiny models are built as causal LMs; save them and load the directory with a head")
         attention = None if config.attn_implementation == "auto" else config.attn_implementation
