@@ -13,7 +13,13 @@ skipped with the reason. Results go to `benchmarks/results/<suite>.json` and `.m
 Runners:
 - `llmft`: `llm_finetuning.train.train` on a config, exactly as `llmft train` runs it;
 - `trl`: plain `trl.SFTTrainer` with `SFTConfig` defaults (and plain PEFT), prompt/completion records;
-- `hf`: plain `transformers.Trainer` (defaults, plain PEFT), the same tokenized examples padded per batch.
+- `hf`: plain `transformers.Trainer` (defaults, plain PEFT), the same tokenized examples padded per batch;
+- `unsloth`: Unsloth's own loader and LoRA with TRL's SFTTrainer, as Unsloth's examples do (the `llmft` runner with
+  `model.backend: unsloth` is our path on Unsloth, beside it).
+
+Unsloth patches transformers, TRL and PEFT when it is imported, and this script imports transformers first; with
+`--unsloth-first` it imports Unsloth before anything else (the whole process is then patched: run the Unsloth scenarios
+with `--only` in a process of their own).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if "--unsloth-first" in sys.argv:  # before harness imports transformers (see the module docstring)
+    import unsloth  # noqa: F401
 
 import harness  # noqa: E402
 import torch  # noqa: E402
@@ -77,6 +85,7 @@ class Scenario:
     liger: bool = False
     trl_head: bool = False  # ours with TRL's fused LM head instead of the plain one (CPU)
     batch: int | None = None  # per-device batch (None: the suite's)
+    backend: str | None = None  # llmft runner: model.backend (None: transformers)
     needs: tuple[str, ...] = ()  # cuda, flash_attn, liger_kernel, unsloth
 
 
@@ -141,6 +150,14 @@ def gpu_suite(shape: str) -> Suite:
         Scenario("llmft-lora-liger-packed", packing=True, liger=True, needs=(*need, "liger_kernel")),
         Scenario("llmft-lora-gc-packed", packing=True, gradient_checkpointing=True, needs=need),
         Scenario("unsloth-lora-packed", runner="unsloth", packing=True, needs=(*need, "unsloth")),
+        # Our path on Unsloth; checkpointing on, as in Unsloth's own run (TRL's and Unsloth's defaults).
+        Scenario(
+            "llmft-unsloth-gc-packed",
+            packing=True,
+            gradient_checkpointing=True,
+            backend="unsloth",
+            needs=(*need, "unsloth"),
+        ),
         Scenario("hf-full-sdpa-padded", runner="hf", adapter="full", precision="bf16", needs=need),
         Scenario("llmft-full-sdpa-packed", adapter="full", packing=True, needs=need),
         Scenario(
@@ -297,6 +314,7 @@ def run_llmft(scenario: Scenario, suite: Suite, model_path: Path, work: Path, me
                 "name": str(model_path),
                 "tokenizer": str(TOKENIZER),
                 "attn_implementation": scenario.attention or "auto",
+                "backend": scenario.backend or "transformers",
             },
             "adapter": adapter,
             "data": data,
@@ -549,6 +567,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU, see --help)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--list", action="store_true", help="list the suites' scenarios and exit")
+    parser.add_argument("--unsloth-first", action="store_true", help="import Unsloth before transformers (see above)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore")
