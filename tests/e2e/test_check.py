@@ -11,7 +11,9 @@ from llm_finetuning.check.data_checks import _completions_end_with_eos
 from llm_finetuning.check.preflight import run_checks
 from llm_finetuning.cli.main import app
 from llm_finetuning.config import Config
+from llm_finetuning.config.schema import TinyModelConfig
 from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded
+from llm_finetuning.models.tiny import build_model, build_tokenizer
 from tests.conftest import shared, tiny_config
 
 pytestmark = pytest.mark.e2e
@@ -192,3 +194,17 @@ def test_duplicates_before_an_eval_split_are_warned_unless_cleaned(tmp_path, wri
     assert any("10 of 20 sampled training rows repeat an earlier row" in f for f in findings(report, "warning"))
     report = run_checks(config(tmp_path, data, data={"eval_split": 0.2, "clean": {}}), 50)
     assert not any("repeat an earlier row" in f for f in findings(report, "warning"))
+
+
+def test_gpu_only_kernels_and_backends_that_cannot_run_here_are_errors(tmp_path, write_jsonl, qa_rows):
+    # No liger-kernel, no unsloth and no CUDA on this machine: `llmft train` would refuse both, so the check does.
+    liger = run_checks(config(tmp_path, write_jsonl(qa_rows), training={"liger_kernel": True}))
+    assert [f for f in findings(liger, "error") if f.startswith("training.liger_kernel: liger-kernel is not installed")]
+    model_dir = tmp_path / "model"  # the backend loads checkpoints, not the in-process tiny model
+    tokenizer = build_tokenizer()
+    build_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2), tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    unsloth = run_checks(config(tmp_path, write_jsonl(qa_rows), model={"name": str(model_dir), "backend": "unsloth"}))
+    assert [f for f in findings(unsloth, "error") if f.startswith("model.backend") and "unsloth" in f]
+    plain = run_checks(config(tmp_path, write_jsonl(qa_rows)))
+    assert not [f for f in findings(plain, "error") if f.startswith(("model.backend", "training.liger_kernel"))]

@@ -77,3 +77,14 @@ def check_backend(config: Config, report: CheckReport) -> None:
 
     for problem in environment_problems():
         report.add("error", "model.backend", problem)
+
+
+def check_kernels(config: Config, report: CheckReport) -> None:
+    """`training.liger_kernel` needs its package and a CUDA GPU: refused here as `llmft train` would refuse it."""
+    from llm_finetuning.errors import ConfigError
+    from llm_finetuning.models.kernels import check_liger
+
+    try:
+        check_liger(config)
+    except ConfigError as exc:
+        report.add("error", "training.liger_kernel", str(exc).removeprefix("training.liger_kernel: "))
