@@ -39,7 +39,7 @@ def build_trainer(
     arguments: dict[str, Any] = training_arguments(config, run, has_eval=data.eval is not None)
     packing = config.data.packing
     padding_free = not packing and removes_padding(config, model)
-    if packing and config.model.attn_implementation == "auto":
+    if packing and config.model.attn_implementation == "auto" and config.model.backend != "unsloth":
         use_varlen_attention(model)
     arguments.update(
         # Unpacked examples are already cut to data.max_length (and counted); packing fills rows up to it.
@@ -78,6 +78,8 @@ def removes_padding(config: Config, model: PreTrainedModel) -> bool:
     if config.model.quantization != "none" and not torch.cuda.is_available():
         # bitsandbytes repacks 4-bit weights in place at an inference forward on CPU, which the isolation check is
         return False
+    if config.model.backend == "unsloth":  # Unsloth's attention keeps packed examples apart itself (checked)
+        return packed_attention_is_isolated(model)
     attention = config.model.attn_implementation
     if attention == "auto":
         return use_varlen_attention(model)
