@@ -298,11 +298,8 @@ def run_llmft(scenario: Scenario, suite: Suite, model_path: Path, work: Path, me
     ):
         if value is not None:
             training[key] = value
-    extra: dict[str, Any] = {}
     if scenario.liger:
-        extra["use_liger_kernel"] = True
-    if extra:
-        training["extra"] = extra
+        training["liger_kernel"] = True
     data: dict[str, Any] = {"train": source(suite), "max_length": suite.max_length}
     if scenario.packing is not None:
         data["packing"] = scenario.packing
