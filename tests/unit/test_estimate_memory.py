@@ -138,15 +138,15 @@ def test_zero_and_fsdp_divide_by_the_devices():
 
 
 def test_fp32_activations_of_a_layer_by_hand():
-    plan, _ = memory(config(model={"dtype": "float32"}), device="cpu")  # fp32, no autocast
-    # two norms (fp32 input, normalised value, output), q/k/v, attention output + copy, 4 bytes of lse per head,
-    # gate/act/up/product of the MLP
-    per_token = 2 * (4 * H + 4 * H + 4 * H) + 3 * 4 * H + 2 * 4 * H + 4 * HEADS + 4 * 4 * INTER
+    plan, _ = memory(config(model={"dtype": "float32"}, training={"mixed_precision": "no"}), device="cpu")
+    # two norms (fp32 input, normalised value, 4 bytes of 1/rms, output), q/k/v, the attention output (the kernel's,
+    # already in o_proj's layout: no copy), 4 bytes of lse per head, gate/act/up/product of the MLP
+    per_token = 2 * (4 * H + 4 * H + 4 + 4 * H) + 3 * 4 * H + 4 * H + 4 * HEADS + 4 * 4 * INTER
     assert activations.layer_bytes_per_token(plan) == per_token
     tokens = 2 * 256
-    final_norm = 8 * H
-    assert activations.saved_activations(plan, False) == tokens * (L * per_token + final_norm)
-    assert activations.saved_activations(plan, True) == tokens * (L * 4 * H + final_norm)
+    outside = 8 * H + 4 + 2 * (H // HEADS) * 4  # the final norm; rotary cos and sin, shared by the layers
+    assert activations.saved_activations(plan, False) == tokens * (L * per_token + outside)
+    assert activations.saved_activations(plan, True) == tokens * (L * 4 * H + outside)
 
 
 def test_checkpointing_lowers_the_peak_and_keeps_layer_inputs_only():

@@ -2,17 +2,22 @@
 
 The count follows the tensors each operation of a transformers decoder layer saves for its backward (in the
 spirit of Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", adapted to
-SDPA/flash attention, which never stores the seq x seq score matrix, to gated MLPs and to RMSNorm computed in
-float32). Per token and decoder layer, with widths h (hidden), q (query heads x head_dim), kv, i (MLP):
+fused attention kernels, which never store the seq x seq score matrix, to gated MLPs and to RMSNorm computed in
+float32), checked tensor by tensor against autograd's saved tensors. Per token and decoder layer, with widths
+h (hidden), q (query heads x head_dim), kv, i (MLP):
 
-  norm              4*h (its float32 input) [+ r*h normalised value when the norm weight trains]
-                    + its output, kept once for the linears that read it (r*h), or one 16-bit copy per linear
-                    when float32 weights train under autocast
-  attention         queries, keys, values (kv widened to q when sdpa repeats grouped heads for a mask),
-                    the output and its contiguous copy for o_proj, 4 bytes of log-sum-exp per head
-  gated MLP         gate, act(gate), up and their product: 4*i values (2*i for fc1 -> act -> fc2)
-  LoRA (per layer)  PEFT casts the input to float32 and applies dropout; lora_A keeps that (or its autocast
-                    copy) and the dropout mask; lora_B keeps r values
+  norm              4*h (its float32 input) + 4 (1/rms) [+ r*h normalised value when the norm weight trains];
+                    Liger's RMSNorm: its input r*h + 4
+  norm output       kept once when a reading linear keeps the tensor itself; one 16-bit copy per reading linear
+                    when float32 weights train under autocast; nothing when no reader keeps it (frozen base
+                    layers keep only their weight; LoRA under autocast, with dropout or a cast keeps its own copy)
+  attention         fused kernels (sdpa flash/efficient, flash-attn): queries, keys, values (kv widened to q when
+                    the grouped heads are repeated), the output (already in o_proj's layout) and 4 bytes of
+                    log-sum-exp per head; sdpa's math kernel (short examples on CPU): float32 queries, keys,
+                    values and scores, and the output as o_proj's input
+  gated MLP         gate, act(gate), up (Liger: gate and up) and the product as down_proj's input
+  LoRA (per layer)  lora_A's input (its autocast copy, PEFT's float32 copy, or the dropout output) and, with
+                    dropout, the mask (float32 on CPU, 1 byte on CUDA); lora_B keeps r values
   eager attention   the float32 softmax (and its 16-bit copy) over seq keys per head
 
 With gradient checkpointing only each layer's input (r*h per token) is kept, and one layer's activations
@@ -22,7 +27,7 @@ are rebuilt at a time during the backward pass.
 from __future__ import annotations
 
 from llm_finetuning.estimate.plan import Plan
-from llm_finetuning.estimate.shapes import Linear
+from llm_finetuning.estimate.shapes import Linear, Norm
 
 # Which linear layers read each norm's output: its output is kept for them.
 ATTN_INPUTS = ("q_proj", "k_proj", "v_proj", "qkv_proj")
@@ -51,38 +56,72 @@ def _input_bytes(plan: Plan, linear: Linear) -> int:
     return plan.linear_out_bytes
 
 
+def readers_keep(plan: Plan, value_bytes: int) -> bool:
+    """Whether the linear layers reading a tensor of `value_bytes` per value keep that very tensor (counted once)."""
+    if plan.base_linears_train:  # autocast casts an input of another dtype: each layer keeps its own copy instead
+        return not plan.autocast or value_bytes == plan.act_bytes
+    if plan.params.adapted:  # frozen base layers keep only their weight; lora_A keeps the input if nothing casts it
+        return not plan.autocast and plan.lora_dropout == 0 and value_bytes == 4
+    return True  # other adapters: counted as kept (an upper bound)
+
+
+def _norm_bytes(plan: Plan, norm: Norm) -> float:
+    """Per token: what a normalisation layer keeps for its own backward."""
+    rows = norm.width // norm.size  # q/k norms normalise each head separately
+    if plan.liger and not norm.bias:
+        return plan.residual_bytes * norm.width + 4 * rows
+    return norm.width * (4 + (plan.residual_bytes if plan.params.norms_train else 0)) + 4 * rows
+
+
 def lora_bytes(plan: Plan, linear: Linear, rank: int) -> float:
     """Per token: what one LoRA-adapted linear layer keeps besides the base layer."""
     dropout = plan.lora_dropout > 0
     if plan.autocast and plan.act_bytes < 4:
         kept = plan.act_bytes  # lora_A's autocast copy of its (float32) input
+    elif dropout:
+        kept = 4  # the dropped-out float32 input that lora_A reads
     else:
-        kept = 4 if dropout or _input_bytes(plan, linear) != 4 else 0  # else lora_A keeps the input itself
+        kept = 0 if _input_bytes(plan, linear) == 4 else 4  # the input itself (counted with it) or PEFT's cast
+    # torch's dropout keeps a noise tensor in the input's dtype (PEFT's float32) on CPU, a 1-byte mask on CUDA.
+    mask = (4 if plan.device == "cpu" else 1) if dropout else 0
     rank_bytes = plan.act_bytes if plan.autocast else 4
-    return linear.in_features * (kept + (1 if dropout else 0)) + rank * rank_bytes
+    return linear.in_features * (kept + mask) + rank * rank_bytes
+
+
+def attention_bytes(plan: Plan) -> float:
+    """Per token: what one layer's attention keeps (queries, keys, values, output; scores where kept)."""
+    shape, att = plan.shape, plan.attn_bytes
+    q, kv = shape.q_width, shape.q_width if plan.expanded_kv else shape.kv_width
+    output = att * q if readers_keep(plan, att) else 0.0  # o_proj's input, where nothing else keeps it
+    if plan.math_attention:  # float32 copies of q, k, v and the softmax over the example's positions
+        return 4 * (q + 2 * kv) + 4 * shape.num_heads * plan.math_attention + output
+    if plan.attention == "eager":
+        a = plan.act_bytes
+        return att * (q + 2 * kv) + shape.num_heads * plan.seq_len * (4 + (a if a < 4 else 0)) + output
+    return att * (2 * q + 2 * kv) + 4 * shape.num_heads  # the kernel keeps its output and log-sum-exp
 
 
 def layer_bytes_per_token(plan: Plan) -> float:
     """Bytes one decoder layer keeps per token for its backward pass (no checkpointing)."""
     shape = plan.shape
-    r, a, o, att = plan.residual_bytes, plan.act_bytes, plan.linear_out_bytes, plan.attn_bytes
+    r, a, o = plan.residual_bytes, plan.act_bytes, plan.linear_out_bytes
     total = 0.0
     for norm in shape.norms:
-        total += norm.width * (4 + (r if plan.params.norms_train else 0))
+        total += _norm_bytes(plan, norm)
         readers = _norm_consumers(plan, norm.name)
         if readers == 0:
             continue
         if plan.cast_copies:
             total += readers * a * norm.width
-        elif plan.quantization == "none":
-            total += r * norm.width
-        # quantized base layers keep nothing; their LoRA inputs are counted below
-    q, kv = shape.q_width, shape.q_width if plan.expanded_kv else shape.kv_width
-    total += att * (q + 2 * kv) + 2 * att * q + 4 * shape.num_heads
-    if plan.attention == "eager":
-        total += shape.num_heads * plan.seq_len * (4 + (a if a < 4 else 0))
+        elif plan.quantization == "none" or plan.params.adapted:
+            total += r * norm.width if readers_keep(plan, r) else 0.0
+    total += attention_bytes(plan)
     inter = shape.intermediate_size
-    total += (4 if shape.gated_mlp else 2) * inter * o
+    if shape.gated_mlp:
+        total += (2 if plan.liger else 3) * inter * o  # gate, act(gate), up (Liger recomputes the activation)
+    else:
+        total += inter * o  # fc1's output, the activation's input
+    total += inter * o if readers_keep(plan, o) else 0.0  # the product (activation) that down_proj/fc2 reads
     total += sum(lora_bytes(plan, lin, rank) for lin, rank in plan.params.adapted)
     return total
 
@@ -95,8 +134,8 @@ def saved_activations(plan: Plan, checkpointing: bool) -> float:
         layers = shape.num_layers * r * shape.hidden_size  # each layer's input only
     else:
         layers = shape.num_layers * layer_bytes_per_token(plan)
-    final_norm = shape.hidden_size * (4 + (r if plan.params.norms_train else 0))
-    return plan.tokens * (layers + final_norm)
+    rotary = 2 * shape.head_dim * r  # cos and sin, shared by every layer's attention
+    return plan.tokens * (layers + _norm_bytes(plan, shape.final_norm) + rotary)
 
 
 def backward_workspace(plan: Plan) -> float:
@@ -113,35 +152,27 @@ def recomputed_layer(plan: Plan) -> float:
     return plan.tokens * layer_bytes_per_token(plan) if plan.checkpointing else 0.0
 
 
-# Logits tiles alive at once in TRL's fused head: its Triton kernels fold a tile in place on GPUs; the torch
-# fallback on other devices keeps several tile-sized temporaries (the shifted, exponentiated and gradient tiles).
-# Counted from the fallback's code (and confirmed by measuring it): ~4.25 tiles in the forward, ~8.25 in the backward.
-FUSED_TILES = {"cuda": (1.0, 1.0), "cpu": (4.25, 8.25)}  # (forward, backward)
-TILE_TOKENS, TILE_VOCAB = 4096, 32768
+def weight_copies(plan: Plan) -> tuple[float, float, float]:
+    """16-bit copies autocast makes of float32 weights and keeps: (at the end of the forward, at the start of the
+    backward, one decoder layer's).
 
-
-def head_and_loss(plan: Plan) -> tuple[float, float, float]:
-    """(kept until the backward, extra at the end of the forward, extra at the start of the backward) for the
-    LM head and the loss.
-
-    `fused`: TRL's chunked log-prob head keeps a copy of the scored hidden states and computes the logits one
-    (4096 tokens x 32768 vocabulary) tile at a time; its backward holds float32 gradients for the hidden states
-    (and for the head weight when it trains). `full`: the (tokens x vocab) logits in the compute dtype, their
-    float32 log-softmax and two float32 gradient buffers. `score`: a reward model's scalar head.
+    A matmul keeps its weight's copy for the input gradient; weights that train stay in autocast's cache for the
+    whole forward, frozen ones only while a matmul keeps them (one layer at a time under checkpointing). The LM
+    head's copy is counted here when the head is one matmul (`plain`, `full`); TRL's fused head casts a tile of it
+    at a time, counted with the head (and, as before, here with float32 weights that train).
     """
-    shape = plan.shape
-    h, v, a, r = shape.hidden_size, shape.vocab_size, plan.act_bytes, plan.residual_bytes
-    scored = plan.sequences * plan.scored
-    trains = plan.params.head_trains and plan.loss != "score"
-    if plan.loss == "score":
-        return plan.tokens * h * r, 0.0, 0.0
-    if plan.loss == "full":
-        head_grad = v * h * plan.head_weight_bytes if trains else 0.0
-        return plan.tokens * h * r, scored * v * (a + 4), scored * v * (a + 12) + head_grad
-    # The fused head accumulates the weight gradient in float32, then casts it to the weight's dtype.
-    head_grad = v * h * (4 + plan.head_weight_bytes) if trains else 0.0
-    forward_tiles, backward_tiles = FUSED_TILES[plan.device]
-    tile = min(scored, TILE_TOKENS) * min(v, TILE_VOCAB) * (a if plan.device == "cuda" else 4)
-    cast_chunk = min(v, TILE_VOCAB) * h * a if plan.head_weight_bytes != a else 0
-    backward = scored * h * (4 + r) + backward_tiles * tile + cast_chunk + head_grad
-    return scored * h * r, forward_tiles * tile, backward
+    if not plan.autocast or plan.act_bytes == 4:
+        return 0.0, 0.0, 0.0
+    shape, a = plan.shape, plan.act_bytes
+    layer = shape.layer_linear_params * a if plan.weight_bytes == 4 and plan.quantization == "none" else 0.0
+    # LoRA's float32 matrices train: autocast's cache keeps their copies through the forward
+    adapters = shape.num_layers * a * sum(r * (lin.in_features + lin.out_features) for lin, r in plan.params.adapted)
+    head = 0.0
+    if shape.head == "causal_lm" and plan.head_weight_bytes != a:
+        if plan.loss in ("plain", "full") or (plan.loss == "fused" and plan.cast_copies):
+            head = shape.vocab_size * shape.hidden_size * a
+    every = shape.num_layers * layer
+    if not plan.checkpointing:
+        return every + adapters + head, every + adapters + head, layer
+    cached = every if plan.base_linears_train else 0.0
+    return cached + adapters + head, layer + head, layer

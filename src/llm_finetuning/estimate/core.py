@@ -170,13 +170,15 @@ def estimate(
     avg_tokens: int | None = None,
     device: str = "cuda",
     with_suggestions: bool = True,
+    cpu_bf16: bool | None = None,
 ) -> Estimate:
     """Estimate the memory, time and cost of training `config` on `gpus` devices.
 
     `gpu` names a row of the GPU table (`gpu_table`, default the shipped `gpus.yaml`); without it, the memory
     is estimated for a bf16-capable GPU and compared with every row. `device="cpu"` estimates the allocated
-    memory of a CPU run instead (float32, no autocast, no CUDA overhead), which is what the validation
-    benchmark measures.
+    memory of a CPU run instead (float32 weights under `model.dtype: auto`, the autocast `auto` resolves to on a
+    CPU, the toolkit's plain LM head, no CUDA overhead), which is what the validation benchmark measures;
+    `cpu_bf16` says whether that CPU has native bf16 (None: this machine's).
     """
     if device not in ("cuda", "cpu"):
         raise UserError(f"device: `{device}` is not `cuda` or `cpu`.")
@@ -191,7 +193,9 @@ def estimate(
     chosen = find_gpu(gpu, table) if gpu is not None else None
     shape, source = load_shape(config.model, model_config)
     notes = Notes()
-    plan = build_plan(config, shape, device=device, gpu=chosen, gpus=gpus, sharding=sharding, notes=notes)
+    plan = build_plan(
+        config, shape, device=device, gpu=chosen, gpus=gpus, sharding=sharding, notes=notes, cpu_bf16=cpu_bf16
+    )
     memory = breakdown(plan)
     result = Estimate(source, shape, plan, memory, chosen, table, None)
     if device == "cuda":

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from llm_finetuning.estimate import activations
+from llm_finetuning.estimate import activations, head
 from llm_finetuning.estimate.params import ADAPTER, BASE
 from llm_finetuning.estimate.plan import Plan
 from llm_finetuning.estimate.shapes import ModelShape
@@ -192,7 +192,7 @@ def breakdown(plan: Plan) -> Breakdown:
     resident = base + adapter + states + reference + reward + buckets + gathered
 
     saved = activations.saved_activations(plan, plan.checkpointing)
-    head_kept, forward_extra, backward_extra = activations.head_and_loss(plan)
+    head_kept, forward_extra, backward_extra = head.head_and_loss(plan)
     c["activations"] = saved
     c["recomputed layer"] = activations.recomputed_layer(plan)
     c["logits and loss"] = head_kept + max(forward_extra, backward_extra)
@@ -201,18 +201,18 @@ def breakdown(plan: Plan) -> Breakdown:
         "with": activations.saved_activations(plan, True) + plan.tokens * activations.layer_bytes_per_token(plan),
     }
     # Float32 weights under 16-bit autocast: the 16-bit copy of each matmul weight lives until its backward.
-    casts = shape.matmul_params * plan.act_bytes if plan.cast_copies else 0.0
+    casts, casts_backward, layer_casts = activations.weight_copies(plan)
     c["autocast weight copies"] = casts
     c["optimizer step buffers"] = step_temp
     held = grads if plan.accumulation > 1 else 0.0  # gradients of earlier micro-batches
 
     out.phases["forward"] = resident + held + saved + head_kept + forward_extra + casts
     workspace = activations.backward_workspace(plan)
-    out.phases["backward"] = resident + held + saved + head_kept + max(backward_extra, workspace) + casts
+    out.phases["backward"] = resident + held + saved + head_kept + max(backward_extra, workspace) + casts_backward
     # A tied embedding's gradient from the lookup is built whole, then added to the LM head's.
     tied = shape.embedding_params * _kind_bytes(plan, BASE) if shape.tie_word_embeddings else 0.0
     tied = tied if plan.params.embedding_trains else 0.0
-    out.phases["late backward"] = resident + grads + c["recomputed layer"] + workspace + tied
+    out.phases["late backward"] = resident + grads + c["recomputed layer"] + workspace + tied + layer_casts
     out.phases["optimizer step"] = resident + grads + step_temp
     if plan.generation is not None:
         c["kv cache"] = kv_cache(plan)

@@ -15,6 +15,7 @@ from typing import Any
 from llm_finetuning.config.adapters import FreezeAdapter, FullAdapter, LoraAdapter
 from llm_finetuning.config.schema import Config
 from llm_finetuning.errors import UserError
+from llm_finetuning.estimate import codepaths
 from llm_finetuning.estimate.gpus import GPU
 from llm_finetuning.estimate.params import Params, count
 from llm_finetuning.estimate.shapes import ModelShape
@@ -82,6 +83,8 @@ class Plan:
     autocast: bool
     cast_copies: bool
     """Float32 weights that train under 16-bit autocast: every linear keeps its own 16-bit copy of its input."""
+    base_linears_train: bool
+    """The decoder layers' own linear weights train (full or freeze), so those layers keep their inputs."""
     quantization: str
     double_quantization: bool
     optimizer: str
@@ -93,7 +96,8 @@ class Plan:
     accumulation: int
     checkpointing: bool
     loss: str
-    """`fused` (TRL's chunked LM head, no full logits), `full` (logits materialised) or `score` (reward head)."""
+    """`fused` (TRL's chunked LM head, no full logits), `plain` (the toolkit's head on CPU: logits of the labelled
+    positions only), `full` (logits materialised) or `score` (reward head)."""
     lora_dropout: float
     attention: str
     expanded_kv: bool
@@ -111,6 +115,14 @@ class Plan:
     ppo_epochs: int = 1
     ppo_passes: int = 1
     """Forward passes without gradients per sequence besides training (old log-probs, reference, values)."""
+    padding_free: bool = False
+    """The examples of a micro-batch go end to end in one row (padding-free or packed SFT)."""
+    per_example_attention: bool = False
+    """That row is attended per example by the toolkit's varlen sdpa (`models/varlen_attention.py`)."""
+    math_attention: int = 0
+    """Example length over which sdpa's math kernel keeps float32 scores (per-example attention on CPU); 0: none."""
+    liger: bool = False
+    """Liger's RMSNorm and SwiGLU kernels replace the model's (`training.liger_kernel` on CUDA)."""
     offload: str = "none"
     """`distributed.cpu_offload`: FSDP keeps parameters, gradients and optimizer states in CPU memory (`all`),
     DeepSpeed the optimizer states (`optimizer`)."""
@@ -129,7 +141,9 @@ def _dtype_bytes(name: str) -> int:
     return 4 if name == "float32" else 2
 
 
-def _precision(config: Config, device: str, gpu: GPU | None, notes: Notes) -> tuple[str, str]:
+def _precision(
+    config: Config, shape: ModelShape, device: str, gpu: GPU | None, notes: Notes, cpu_bf16: bool | None
+) -> tuple[str, str]:
     """Weight dtype and the autocast setting (`bf16`, `fp16` or `no`), as the toolkit resolves them on `device`."""
     bf16_ok = device == "cuda" and (gpu is None or gpu.bf16)
     dtype = config.model.dtype
@@ -139,10 +153,7 @@ def _precision(config: Config, device: str, gpu: GPU | None, notes: Notes) -> tu
         notes.info(f"model.dtype auto: {dtype} assumed ({where})")
     elif dtype == "bfloat16" and device == "cuda" and not bf16_ok:
         notes.warn(f"model.dtype bfloat16: {gpu.name if gpu else 'this GPU'} has no bf16 support; use float16")
-    mixed = config.training.mixed_precision
-    if mixed == "auto":
-        mixed = ("bf16" if bf16_ok else "fp16") if device == "cuda" else "no"
-    return dtype, mixed
+    return dtype, codepaths.autocast(config, shape, device, gpu, notes, cpu_bf16)
 
 
 def _sharding(config: Config, sharding: str | None, gpus: int, notes: Notes) -> str:
@@ -241,8 +252,13 @@ def build_plan(
     gpus: int = 1,
     sharding: str | None = None,
     notes: Notes | None = None,
+    cpu_bf16: bool | None = None,
 ) -> Plan:
-    """Resolve `config` into a `Plan` for `gpus` devices of kind `device` (`cuda` or `cpu`)."""
+    """Resolve `config` into a `Plan` for `gpus` devices of kind `device` (`cuda` or `cpu`).
+
+    `cpu_bf16` says whether the CPU multiplies bf16 natively (what `training.mixed_precision: auto` depends on
+    there); None reads this machine's CPU flags.
+    """
     notes = notes or Notes()
     if gpus < 1:
         raise UserError(f"--gpus: must be at least 1 (got {gpus}).")
@@ -251,7 +267,7 @@ def build_plan(
         shape = shape.as_reward_model()
     params = count(shape, adapter)
     peft = not isinstance(adapter, FullAdapter | FreezeAdapter)
-    dtype, mixed = _precision(config, device, gpu, notes)
+    dtype, mixed = _precision(config, shape, device, gpu, notes, cpu_bf16)
     w = _dtype_bytes(dtype)
     autocast = mixed != "no"
     quantized = config.model.quantization != "none"
@@ -260,7 +276,9 @@ def build_plan(
     linear_out = residual if quantized else act
     seq = config.data.max_length + params.virtual_tokens
     batch = training.per_device_batch_size
-    sequences, scored, accumulation, loss = batch, seq, training.gradient_accumulation_steps, "fused"
+    sharding = _sharding(config, sharding, gpus, notes)
+    sequences, scored, accumulation = batch, seq, training.gradient_accumulation_steps
+    loss = codepaths.lm_head(config, shape, device, sharding, notes)
     generation, ppo_epochs, passes = None, 1, 1
     if method in ("dpo", "orpo", "reward"):
         sequences = 2 * batch  # chosen and rejected go through the model together
@@ -287,6 +305,7 @@ def build_plan(
             f"data.max_length: sequences of {seq} tokens exceed the model's max_position_embeddings "
             f"({shape.max_position_embeddings})"
         )
+    padding_free, per_example = codepaths.per_example_attention(config, shape, device, notes)
     attention = config.model.attn_implementation
     attention = "sdpa" if attention == "auto" else attention
     if attention == "eager":
@@ -305,6 +324,7 @@ def build_plan(
         attn_bytes=act if autocast else linear_out,
         autocast=autocast,
         cast_copies=autocast and w == 4 and not quantized and not peft,
+        base_linears_train=not peft and not quantized,
         quantization=config.model.quantization,
         double_quantization=config.model.double_quantization,
         optimizer=training.optimizer,
@@ -322,8 +342,12 @@ def build_plan(
         value_head=method == "ppo",
         generation=generation,
         gpus=gpus,
-        sharding=_sharding(config, sharding, gpus, notes),
+        sharding=sharding,
         notes=notes,
+        padding_free=padding_free,
+        per_example_attention=per_example,
+        math_attention=codepaths.math_attention_length(config, seq, device, per_example, notes),
+        liger=codepaths.liger(config, shape, device, notes),
         offload=_offload(config, notes),
         batch=batch,
         ppo_epochs=ppo_epochs,

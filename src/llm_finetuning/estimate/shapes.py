@@ -56,20 +56,31 @@ class Family:
     sandwich_norms: bool = False  # extra norms before and after the MLP (Gemma 2/3)
     qk_norm: bool = False  # RMSNorm over each head's queries and keys (Qwen3, Gemma 3)
     tied_default: bool = False  # `tie_word_embeddings` when config.json does not say
+    window_default: bool = False  # transformers' config sets a sliding window when config.json does not say (Mistral)
+    local_layers: bool = False  # some layers attend within a window (Gemma 2/3)
+    softcap_default: bool = False  # the logits are soft-capped when config.json does not say (Gemma 2)
 
 
 FAMILIES: dict[str, Family] = {
     "llama": Family(),
-    "mistral": Family(),
+    "mistral": Family(window_default=True),
     "qwen2": Family(qkv_bias=True),
     "qwen3": Family(qk_norm=True),
     "gemma": Family(tied_default=True),
-    "gemma2": Family(sandwich_norms=True, tied_default=True),
-    "gemma3_text": Family(sandwich_norms=True, qk_norm=True, tied_default=True),
+    "gemma2": Family(sandwich_norms=True, tied_default=True, local_layers=True, softcap_default=True),
+    "gemma3_text": Family(sandwich_norms=True, qk_norm=True, tied_default=True, local_layers=True),
     "phi3": Family(fused_qkv=True),
     "phi": Family(gated_mlp=False, layernorm=True, parallel_block=True),
 }
 MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size")
+# config.json keys that change the logits (models/lm_head.py's LOGIT_TRANSFORMS): such models keep TRL's LM head.
+LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,11 @@ class ModelShape:
     gated_mlp: bool = True
     lm_head_bias: bool = False
     head: str = "causal_lm"  # or "sequence_classification" (reward models: a 1-output `score` layer)
+    per_example_attention: bool = True
+    """Every layer attends causally over the whole sequence without soft-capping, so packed and padding-free rows
+    can be attended per example (`models/varlen_attention.py`)."""
+    plain_head: bool = True
+    """The logits are neither soft-capped nor scaled, so the toolkit's plain LM head can replace TRL's on CPU."""
 
     # ------------------------------------------------------------------------------------------ counts
     @property
@@ -209,6 +225,10 @@ def shape_from_config(config: dict[str, Any], source: str = "config.json") -> Mo
     if family.qk_norm or config.get("qk_layernorm"):
         norms += [Norm("q_norm", head_dim, q, ln), Norm("k_norm", head_dim, kv, ln)]
     tied = config.get("tie_word_embeddings")
+    window = config.get("sliding_window", 4096 if family.window_default else None)
+    windowed = window is not None and config.get("use_sliding_window", True)
+    local = family.local_layers or any(kind != "full_attention" for kind in config.get("layer_types") or [])
+    softcap = config.get("final_logit_softcapping", 30.0 if family.softcap_default else None)
     return ModelShape(
         model_type=model_type or "llama",
         vocab_size=vocab,
@@ -225,4 +245,6 @@ def shape_from_config(config: dict[str, Any], source: str = "config.json") -> Mo
         final_norm=Norm("final_layernorm" if family.layernorm else "norm", h, h, ln),
         gated_mlp=family.gated_mlp,
         lm_head_bias=not family.gated_mlp,  # Phi's LM head has a bias
+        per_example_attention=not (windowed or local or config.get("attn_logit_softcapping")),
+        plain_head=softcap is None and all(config.get(key) is None for key in LOGIT_TRANSFORMS[1:]),
     )
