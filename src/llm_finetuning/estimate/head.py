@@ -40,9 +40,9 @@ def _plain(plan: Plan) -> tuple[float, float, float]:
     """The toolkit's plain head (models/lm_head.py) over the labelled positions only.
 
     It gathers the labelled hidden states, projects them (in the autocast dtype), casts the logits to float32 and
-    keeps their log-softmax for the backward, plus the head's input when the head trains. The float32 logits stay
-    referenced until the head returns, and the entropy it computes holds two more float32 logits-sized tensors (exp
-    and the product) for a moment: four logits-sized tensors at the forward's peak. The backward holds the
+    keeps their log-softmax for the backward, plus the head's input when the head trains. The logits are released
+    once their log-softmax exists; the entropy then needs one float32 logits-sized temporary (computed in place
+    without gradients, SFT) or two (exp and the product, GRPO, whose entropy keeps its graph). The backward holds the
     log-probabilities, their gradient and the logits' gradient (12 bytes per logit), then the logits' gradient in
     the matmul dtype with the head's weight gradient (in the weight's dtype, after a copy in the autocast dtype).
     """
@@ -55,7 +55,8 @@ def _plain(plan: Plan) -> tuple[float, float, float]:
     head_grad = 0.0
     if plan.params.head_trains:
         head_grad = v * h * (plan.head_weight_bytes + (matmul if matmul != plan.head_weight_bytes else 0))
-    forward = 3 * log_probs + plan.tokens * h * r  # the logits, entropy's temporaries; the hidden states
+    temporaries = 2 if plan.method == "grpo" else 1  # entropy's exp (and product, when it keeps its graph)
+    forward = temporaries * log_probs + plan.tokens * h * r  # the hidden states of the whole batch
     backward = max(2 * log_probs, (matmul - 4.0) * n * v + n * h * a + head_grad)
     return log_probs + head_input, forward, backward
 

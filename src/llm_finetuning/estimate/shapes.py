@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from llm_finetuning.errors import UserError
+from llm_finetuning.models.logit_config import LOGIT_TRANSFORMS  # config.json keys: such models keep TRL's head
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +74,6 @@ FAMILIES: dict[str, Family] = {
     "phi": Family(gated_mlp=False, layernorm=True, parallel_block=True),
 }
 MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size")
-# config.json keys that change the logits (models/lm_head.py's LOGIT_TRANSFORMS): such models keep TRL's LM head.
-LOGIT_TRANSFORMS = (
-    "final_logit_softcapping",
-    "logit_scale",
-    "output_multiplier",
-    "lm_head_multiplier",
-    "logits_scaling",
-)
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,9 @@ import torch
 from peft import PeftModel
 from transformers.utils import is_triton_available
 
-logger = logging.getLogger(__name__)
+from llm_finetuning.models.logit_config import LOGIT_TRANSFORMS
 
-# Config attributes that change the logits (soft-capping, scaling); models that set any keep TRL's head.
-LOGIT_TRANSFORMS = (
-    "final_logit_softcapping",
-    "logit_scale",
-    "output_multiplier",
-    "lm_head_multiplier",
-    "logits_scaling",
-)
+logger = logging.getLogger(__name__)
 
 
 def has_fast_fused_head(device: torch.device) -> bool:
@@ -96,9 +89,13 @@ def _plain_head_forward(fused: Any, temperature: float = 1.0, entropy_grad: bool
         if temperature != 1.0:
             logits = logits / temperature
         log_probs = torch.log_softmax(logits, dim=-1)
+        del logits  # the log-softmax's backward needs only its output: one vocabulary-wide tensor less at the peak
         picked = log_probs.gather(-1, picked_targets.unsqueeze(-1)).squeeze(-1)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            if torch.is_grad_enabled():
+                entropy = -(log_probs.exp() * log_probs).sum(-1)
+            else:  # in place: one vocabulary-wide temporary instead of two
+                entropy = -log_probs.exp().mul_(log_probs).sum(-1)
         with torch.no_grad():
             top1 = log_probs.argmax(-1) == picked_targets
 
