@@ -167,7 +167,7 @@ def _prepare(config: Config, run: RunDir, method: Any) -> tuple[Any, PreTrainedT
     apply_liger(model, config)
     initial_adapter = save_initial_adapter(model, config.adapter, run.root / "adapter_init") if main else None
     if config.data.packing:
-        check_packing(model)
+        check_packing(model, config.model.backend)
     if main:
         write_manifest(run, parameters=count_parameters(model))
     return model, tokenizer, data, changes, initial_adapter

@@ -89,5 +89,9 @@ class LeakyModel(nn.Module):
 
 
 def test_packing_is_refused_when_attention_leaks_across_examples():
-    with pytest.raises(ConfigError, match="lets packed examples attend to each other"):
+    with pytest.raises(ConfigError, match="lets packed examples attend to each other.*attn_implementation"):
         check_packing(LeakyModel())
+    # Unsloth chooses its own kernels: the only fix offered is turning packing off.
+    with pytest.raises(ConfigError, match="attend to each other. Set `data.packing: false`") as refused:
+        check_packing(LeakyModel(), backend="unsloth")
+    assert "attn_implementation" not in str(refused.value)

@@ -32,11 +32,17 @@ def packed_attention_is_isolated(model: PreTrainedModel) -> bool:
     return bool(((alone - together).abs().max() / scale) < 1e-2)
 
 
-def check_packing(model: PreTrainedModel) -> None:
+def check_packing(model: PreTrainedModel, backend: str = "transformers") -> None:
     """Refuse packed training where examples would attend to each other."""
     if not packed_attention_is_isolated(model):
         implementation = getattr(model.config, "_attn_implementation", "unknown")
+        # Unsloth picks its own attention kernels (the config refuses `model.attn_implementation` with it).
+        fix = (
+            "Set `data.packing: false` (this Unsloth version's attention does not honour packed example boundaries)."
+            if backend == "unsloth"
+            else "Set `model.attn_implementation` to `sdpa`, `eager` or `flash_attention_2`, or set "
+            "`data.packing: false`."
+        )
         raise ConfigError(
-            f"data.packing: the model's attention (`{implementation}`) lets packed examples attend to each other. "
-            "Set `model.attn_implementation` to `sdpa`, `eager` or `flash_attention_2`, or set `data.packing: false`."
+            f"data.packing: the model's attention (`{implementation}`) lets packed examples attend to each other. {fix}"
         )
