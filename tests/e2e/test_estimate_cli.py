@@ -10,24 +10,16 @@ import yaml
 from typer.testing import CliRunner
 
 from llm_finetuning.cli.main import app
+from tests.unit.test_estimate_70b import LLAMA3_70B
 
 pytestmark = pytest.mark.e2e
 
 WIDE = {"COLUMNS": "250"}
-LLAMA_70B = {
-    "model_type": "llama",
-    "hidden_size": 8192,
-    "num_hidden_layers": 80,
-    "num_attention_heads": 64,
-    "num_key_value_heads": 8,
-    "intermediate_size": 28672,
-    "vocab_size": 128256,
-}
 
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    (tmp_path / "config.json").write_text(json.dumps(LLAMA_70B))
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA3_70B))
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(100)))
     qlora = {
         "model": {"name": "meta-llama/Meta-Llama-3-70B", "dtype": "bfloat16", "quantization": "nf4"},

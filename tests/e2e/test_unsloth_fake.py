@@ -12,32 +12,16 @@ import json
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
 from llm_finetuning.config import Config
 from llm_finetuning.models import tiny
 from llm_finetuning.train import train
 from tests.conftest import tiny_config
+from tests.e2e.test_train_sft import PROBE, Snapshot
 from tests.unit.test_unsloth_backend import LLAMA_LINEAR, FakeUnsloth
 
 pytestmark = pytest.mark.e2e
-
-PROBE = [[5, 17, 42, 99, 7, 3, 250, 8]]
-
-
-class Snapshot(TrainerCallback):
-    """Parameters when training starts and ends, and the trained model's logits on PROBE."""
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
-        model.eval()
-        with torch.no_grad():
-            self.logits = model(input_ids=torch.tensor(PROBE)).logits
-        model.train()
 
 
 def test_sft_on_unsloth_trains_the_adapter_and_saves_plain_peft(tmp_path, write_jsonl, qa_rows, monkeypatch):

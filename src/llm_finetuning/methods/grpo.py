@@ -109,10 +109,8 @@ class JudgedGRPOTrainer(GRPOTrainer):
             self._add_time("prepare", started)
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
-        started = time.perf_counter()
         output = super().training_step(model, inputs, num_items_in_batch)
-        self._add_time("step", started)
-        if self._step % self.current_gradient_accumulation_steps == 0:  # the optimizer step's last micro-batch
+        if self._step % self.current_gradient_accumulation_steps == 0:  # TRL just recorded this step's step_time
             seconds = self._phase_seconds
             generation, rewards = seconds.get("generation", 0.0), seconds.get("rewards", 0.0)
             prepare = seconds.get("prepare", 0.0)
@@ -120,7 +118,7 @@ class JudgedGRPOTrainer(GRPOTrainer):
             train["time/generation"].append(generation)
             train["time/rewards"].append(rewards)
             train["time/log_probs"].append(max(prepare - generation - rewards, 0.0))
-            train["time/train"].append(max(seconds.get("step", 0.0) - prepare, 0.0))
+            train["time/train"].append(max(train["step_time"][-1] - prepare, 0.0))
             self._phase_seconds = {}
         return output
 

@@ -18,7 +18,7 @@ trainer-side patches do not. `import_unsloth` says so. This module imports none 
 caller can import it, and Unsloth through it, first.
 
 What this backend refuses in the config (adapters other than LoRA/DoRA, methods other than SFT and pretraining, ...)
-is checked by the schema (`config/schema.py`); what depends on the machine (the package, a GPU, one process) here.
+is checked with the config (`config/backends.py`); what depends on the machine (the package, a GPU, one process) here.
 """
 
 from __future__ import annotations
