@@ -88,3 +88,16 @@ def tiny_config(data_path: Path, output_dir: Path, **sections: Any) -> dict[str,
         merge = isinstance(value, dict) and key != "adapter"  # another adapter method has other options
         config[key] = {**config.get(key, {}), **value} if merge else value
     return config
+
+
+@pytest.fixture
+def fake_device(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Make the fast path see a device with the given capabilities (`fast_path.Capabilities` fields)."""
+    from llm_finetuning.models import fast_path
+
+    def install(**fields: Any) -> Any:
+        caps = fast_path.Capabilities(**fields)
+        monkeypatch.setattr(fast_path, "_DETECTED", [caps])
+        return caps
+
+    return install

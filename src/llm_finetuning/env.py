@@ -78,3 +78,16 @@ def device_info() -> dict[str, Any]:
         info["mps"] = True
     info["device"] = "cuda" if torch.cuda.is_available() else ("mps" if info.get("mps") else "cpu")
     return info
+
+
+def fast_path_info() -> dict[str, Any]:
+    """What this machine can do (`fast_path.detect`) and the fast path of SFT with the default settings on it."""
+    from dataclasses import asdict
+
+    from llm_finetuning.config.schema import Config
+    from llm_finetuning.models import fast_path
+
+    caps = fast_path.capabilities()
+    defaults = Config.model_validate({"data": {"train": {"path": "train.jsonl", "format": "alpaca"}}})
+    path = fast_path.plan(defaults, caps)
+    return {"capabilities": asdict(caps), "sft_defaults": dict(path.lines())}

@@ -17,10 +17,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from llm_finetuning.config.schema import Config
 from llm_finetuning.evaluation.callback import TaskEvalCallback
 from llm_finetuning.methods import METHODS
+from llm_finetuning.models import fast_path
 from llm_finetuning.models.adapters import apply_adapter, count_parameters, save_initial_adapter
-from llm_finetuning.models.kernels import apply_liger, check_liger
+from llm_finetuning.models.kernels import apply_liger
 from llm_finetuning.models.loading import is_quantized, load_model, load_tokenizer, prepare_tokenizer
 from llm_finetuning.models.packing import check_packing
+from llm_finetuning.models.placement import place_model
+from llm_finetuning.models.row_attention import prepare_rows
 from llm_finetuning.models.unsloth_backend import check_unsloth
 from llm_finetuning.runs import distributed
 from llm_finetuning.runs.metrics import MetricsLogger, read_metrics
@@ -132,9 +135,15 @@ def _train(
 
 
 def _prepare(config: Config, run: RunDir, method: Any) -> tuple[Any, PreTrainedTokenizerBase, Any, Any, Path | None]:
-    """Tokenizer, data, and the model with its adapter, ready for the trainer."""
-    check_liger(config)  # before the data and the model load, which take long
+    """Tokenizer, data, and the model with its adapter, ready for the trainer.
+
+    The model is on its training device before anything runs it, and every check that runs it (packed rows keep
+    examples apart) comes before Liger's kernels patch it.
+    """
+    path = fast_path.for_config(config)  # refuses what cannot run here (Liger without a GPU, fp16 on CPU, ...)
     check_unsloth(config)
+    if distributed.is_main():
+        fast_path.log_plan(path)
     tokenizer = load_tokenizer(config.model)
     changes = prepare_tokenizer(tokenizer, config.data.chat_template, require_template=method.needs_chat_template)
     data = method.prepare(config, tokenizer)
@@ -150,8 +159,10 @@ def _prepare(config: Config, run: RunDir, method: Any) -> tuple[Any, PreTrainedT
             run,
             data={"fingerprints": data.fingerprints, "stats": data.stats_dict()},
             tokenizer={"added_tokens": changes.added_tokens, "notes": changes.notes},
+            fast_path={what: choice for what, choice in path.lines()},
         )
     model, base_path = _load_base(config, run, tokenizer, method.head)
+    place_model(model, config, path, quantized=is_quantized(model))
     model = apply_adapter(
         model,
         config.adapter,
@@ -164,10 +175,12 @@ def _prepare(config: Config, run: RunDir, method: Any) -> tuple[Any, PreTrainedT
     if isinstance(model, PeftModel):
         # Point the adapter at a base model that exists, so `final/` loads with plain PEFT.
         model.peft_config["default"].base_model_name_or_path = base_path
-    apply_liger(model, config)
-    initial_adapter = save_initial_adapter(model, config.adapter, run.root / "adapter_init") if main else None
+    if config.method.name == "sft" and (config.data.packing or path.padding_free.value == "on"):
+        prepare_rows(model, path)  # the plan's attention for rows of several examples, checked on the device
     if config.data.packing:
         check_packing(model, config.model.backend)
+    apply_liger(model, config)
+    initial_adapter = save_initial_adapter(model, config.adapter, run.root / "adapter_init") if main else None
     if main:
         write_manifest(run, parameters=count_parameters(model))
     return model, tokenizer, data, changes, initial_adapter

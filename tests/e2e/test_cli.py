@@ -135,7 +135,9 @@ def test_env_json_is_machine_readable(cli):
     result = cli("env", "--json", env={"COLUMNS": "40"})  # narrow: JSON must not be wrapped
     assert result.exit_code == 0
     info = json.loads(result.stdout)
-    assert set(info) == {"versions", "device", "extras"}
+    assert set(info) == {"versions", "device", "extras", "fast_path"}
+    assert info["fast_path"]["capabilities"]["device"] == info["device"]["device"]
+    assert info["fast_path"]["sft_defaults"]["LM head"].startswith("plain" if info["device"]["device"] == "cpu" else "")
     assert info["versions"]["torch"] == torch.__version__
     assert info["versions"]["llm-finetuning"] == __version__
     assert info["device"]["device"] in ("cpu", "cuda", "mps")

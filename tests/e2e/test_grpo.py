@@ -182,3 +182,27 @@ def test_each_logged_step_says_where_its_time_went(tmp_path, write_jsonl):
         assert row["time/generation"] > 0 and row["time/train"] > 0
         # The phases split TRL's own step time (both micro-batches of the step), nothing counted twice or lost.
         assert sum(row[name] for name in phases) == pytest.approx(row["step_time"], rel=0.02)
+
+
+def test_a_static_generation_cache_is_sized_once_for_prompt_and_completion(tmp_path, write_jsonl, monkeypatch):
+    from transformers import cache_utils
+
+    sizes: list[int] = []
+    original = cache_utils.StaticCache.__init__
+
+    def spy(self, *args, max_cache_len=None, **kwargs):
+        sizes.append(max_cache_len)
+        original(self, *args, max_cache_len=max_cache_len, **kwargs)
+
+    monkeypatch.setattr(cache_utils.StaticCache, "__init__", spy)
+    config = grpo_config(tmp_path, write_jsonl, steps=2, method={"generation_cache": "static"})
+    result = train(config)
+    assert result.status == "completed"
+    # every generation of both steps used the static cache of data.max_length (64) + max_completion_length (8)
+    assert len(sizes) >= 2 and set(sizes) == {72}
+    assert any("rewards/digit_share/mean" in row for row in metrics(result.run.root))
+
+
+def test_a_static_cache_is_refused_with_vllm(tmp_path, write_jsonl):
+    with pytest.raises(ValueError, match="generation_cache: static"):
+        grpo_config(tmp_path, write_jsonl, method={"generation_cache": "static", "generation_backend": "vllm"})

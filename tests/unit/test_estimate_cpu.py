@@ -65,10 +65,11 @@ def test_cpu_auto_precision_follows_this_machines_bf16_like_training(monkeypatch
     assert plan.dtype == "float32" and plan.autocast is native and plan.act_bytes == (2 if native else 4)
     text = note(plan, "training.mixed_precision auto on CPU")
     assert ("bf16 autocast" in text) is native and "this machine's CPU" in text
-    from llm_finetuning.methods import common  # training's own resolution, on the same CPU flags
+    from llm_finetuning.models import fast_path  # training's own resolution, on the same CPU flags
 
-    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
-    assert common.mixed_precision("auto", H) == ("bf16" if native else "no")
+    assert fast_path.precision_choice("auto", fast_path.Capabilities(device="cpu", bf16=native), H).value == (
+        "bf16" if native else "no"
+    )
 
 
 def test_cpu_precision_for_narrow_models_a_described_cpu_and_explicit_settings(monkeypatch):
@@ -146,7 +147,9 @@ def test_padding_free_sft_attends_per_example_and_the_cpu_math_kernel_keeps_scor
     packed = build_plan(config(data={"max_length": 512, "packing": True}), SHAPE, device="cpu")
     assert packed.math_attention == codepaths.CPU_MATH_MAX_LENGTH  # short packed examples: the worst case
     gpu = build_plan(config(data={"max_length": 128}), SHAPE, device="cuda")
-    assert gpu.per_example_attention and gpu.math_attention == 0
+    # on CUDA the fast path's varlen flash kernel: one call per layer, no per-example sdpa, no score matrix
+    assert gpu.padding_free and not gpu.per_example_attention and gpu.math_attention == 0
+    assert "llmft_torch_varlen" in note(gpu, "data.padding_free")
     assert gpu.tokens == build_plan(config(data={"max_length": 128, "padding_free": False}), SHAPE).tokens
     for padded in (
         config(method={"name": "pretrain"}, data={"train": {"path": "x.jsonl", "format": "text"}}),
@@ -179,7 +182,7 @@ def test_which_models_attend_per_example_and_take_the_plain_head(extra, per_exam
 def test_constants_shared_with_the_training_code():
     from llm_finetuning.models import lm_head, varlen_attention
 
-    assert codepaths.CPU_MATH_MAX_LENGTH == varlen_attention.CPU_MATH_MAX_LENGTH
+    assert codepaths.CPU_MATH_MAX_LENGTH == varlen_attention.SDPA_MATH["max_length"]
     assert set(LOGIT_TRANSFORMS) == set(lm_head.LOGIT_TRANSFORMS)
 
 

@@ -8,6 +8,7 @@ import pytest
 from llm_finetuning.config.schema import Config
 from llm_finetuning.methods import common
 from llm_finetuning.methods.sft import removes_padding
+from llm_finetuning.models.fast_path import Capabilities, precision_choice
 from llm_finetuning.models.tiny import build_model, build_tokenizer
 from llm_finetuning.models.varlen_attention import NAME
 from llm_finetuning.precision import CPU_BF16_MIN_HIDDEN
@@ -28,27 +29,15 @@ def test_schema_defaults_are_the_fast_ones():
     assert c.adapter.method == "lora" and c.adapter.dropout == 0.0  # no mask and input copy per adapted layer
 
 
-@pytest.fixture
-def cpu(monkeypatch):
-    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(common.torch.backends.mps, "is_available", lambda: False)
-
-    def with_bf16(native: bool) -> None:
-        monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
-
-    return with_bf16
-
-
-def test_auto_precision_on_cpu_is_bf16_only_where_native_and_wide_enough(cpu):
-    cpu(True)
-    assert common.mixed_precision("auto", 256) == "bf16"
-    assert common.mixed_precision("auto", CPU_BF16_MIN_HIDDEN) == "bf16"
-    assert common.mixed_precision("auto", 64) == "no"  # the casts would cost more than the matmuls save
-    assert common.mixed_precision("auto", None) == "bf16"  # a model of unknown width counts as a real one
-    assert common.mixed_precision("no", 4096) == "no"
-    cpu(False)
-    assert common.mixed_precision("auto", 4096) == "no"
-    assert common.mixed_precision("bf16", 64) == "bf16"  # asked for explicitly
+def test_auto_precision_on_cpu_is_bf16_only_where_native_and_wide_enough():
+    native, plain = Capabilities(device="cpu", bf16=True), Capabilities(device="cpu", bf16=False)
+    assert precision_choice("auto", native, 256).value == "bf16"
+    assert precision_choice("auto", native, CPU_BF16_MIN_HIDDEN).value == "bf16"
+    assert precision_choice("auto", native, 64).value == "no"  # the casts would cost more than the matmuls save
+    assert precision_choice("auto", native, None).value == "bf16"  # a model of unknown width counts as a real one
+    assert precision_choice("no", native, 4096).value == "no"
+    assert precision_choice("auto", plain, 4096).value == "no"
+    assert precision_choice("bf16", plain, 64).value == "bf16"  # asked for explicitly
 
 
 def test_hidden_size_comes_from_the_tiny_shape_or_the_model_config(tmp_path):

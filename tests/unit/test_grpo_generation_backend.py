@@ -26,16 +26,16 @@ def test_transformers_generation_adds_nothing():
     assert grpo.generation_arguments(config()) == {}
 
 
-def test_vllm_needs_the_package_then_a_gpu(monkeypatch):
+def test_vllm_needs_the_package_then_a_gpu(monkeypatch, fake_device):
     chosen = config(generation_backend="vllm", vllm_gpu_memory_utilization=0.4)
     monkeypatch.setattr(grpo, "is_installed", lambda name: False)
     with pytest.raises(ConfigError, match=r"method.generation_backend: vllm is not installed.*llm-finetuning\[vllm\]"):
         grpo.generation_arguments(chosen)
     monkeypatch.setattr(grpo, "is_installed", lambda name: name == "vllm")
-    monkeypatch.setattr(grpo.torch.cuda, "is_available", lambda: False)
+    fake_device(device="cpu")
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         grpo.generation_arguments(chosen)
-    monkeypatch.setattr(grpo.torch.cuda, "is_available", lambda: True)
+    fake_device(device="cuda", bf16=True)
     assert grpo.generation_arguments(chosen) == {
         "use_vllm": True,
         "vllm_mode": "colocate",

@@ -79,12 +79,19 @@ def check_backend(config: Config, report: CheckReport) -> None:
         report.add("error", "model.backend", problem)
 
 
-def check_kernels(config: Config, report: CheckReport) -> None:
-    """`training.liger_kernel` needs its package and a CUDA GPU: refused here as `llmft train` would refuse it."""
+def check_fast_path(config: Config, report: CheckReport) -> None:
+    """The fast path `llmft train` would take on this machine (`models/fast_path.py`), one finding per choice; a
+    setting that cannot run here (Liger without a GPU, fp16 autocast on CPU, a missing kernel) is an error, as
+    `llmft train` would refuse it."""
     from llm_finetuning.errors import ConfigError
-    from llm_finetuning.models.kernels import check_liger
+    from llm_finetuning.models import fast_path
 
     try:
-        check_liger(config)
+        path = fast_path.for_config(config)
     except ConfigError as exc:
-        report.add("error", "training.liger_kernel", str(exc).removeprefix("training.liger_kernel: "))
+        message = str(exc)
+        key, _, rest = message.partition(": ")
+        report.add("error", key if key.count(".") == 1 and " " not in key else "fast path", rest or message)
+        return
+    for what, choice in path.lines():
+        report.add("info", f"fast path: {what}", choice)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from llm_finetuning.check.config_checks import check_backend, check_kernels, check_learning_rate
+from llm_finetuning.check.config_checks import check_backend, check_fast_path, check_learning_rate
 from llm_finetuning.check.data_checks import sample_sources
 from llm_finetuning.check.report import CheckReport
 from llm_finetuning.config.schema import Config
@@ -26,7 +26,7 @@ def run_checks(config: Config, rows: int = SAMPLE_ROWS, gpu: str | None = None, 
     report = CheckReport(max_length=limit)
     check_learning_rate(config, report)
     check_backend(config, report)
-    check_kernels(config, report)
+    check_fast_path(config, report)
     method = METHODS[config.method.name]
     try:
         tokenizer = load_tokenizer(config.model)

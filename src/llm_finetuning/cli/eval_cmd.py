@@ -303,7 +303,9 @@ def _before_after(target, tasks, paths, limit, run_config, settings, variants, j
     with BarProgress() as progress:
         report = before_after(target, chosen, settings, names, judge, progress)
     console.print(report.markdown.read_text(encoding="utf-8"), markup=False, highlight=False)
-    console.print(f"table {report.markdown}, chart {report.chart}", soft_wrap=True, highlight=False)
+    console.print(
+        f"table {report.markdown}, chart {report.chart or 'not drawn (no matplotlib)'}", soft_wrap=True, highlight=False
+    )
 
 
 def _harness(target, names, include, limit, settings, out_dir) -> None:

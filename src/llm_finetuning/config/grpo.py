@@ -62,6 +62,12 @@ class GRPOMethod(Section):
     completions of an optimizer step) or `vllm` (a vLLM engine in the training process sharing the GPU, with the
     policy's weights synced to it every step: several times faster generation on long completions). `vllm` needs a
     CUDA GPU and `pip install 'llm-finetuning[vllm]'`."""
+    generation_cache: Literal["dynamic", "static"] = "dynamic"
+    """The KV cache of the policy's own `generate` (`generation_backend: transformers`). `dynamic` grows with each
+    token (transformers' default). `static` is sized once for `max_prompt_length` (or `data.max_length`) plus
+    `max_completion_length` and reused by every step, which lets transformers compile the decoding step with
+    `torch.compile` on a GPU (CUDA graphs: far fewer kernel launches per token; the first step pays the
+    compilation). On CPU it changes nothing but the cache's layout."""
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
     """With `generation_backend: vllm`, the share of GPU memory vLLM reserves for its weights and KV cache; the rest
     is left to training."""
@@ -70,6 +76,15 @@ class GRPOMethod(Section):
     judge: JudgeConfig | None = None
     """The LLM judge of the `judge_*` rewards: any OpenAI-compatible endpoint. Checked with the sample batch
     before training: a judge that answers none of it stops the run there."""
+
+    @model_validator(mode="after")
+    def _static_cache_needs_transformers(self) -> GRPOMethod:
+        if self.generation_cache == "static" and self.generation_backend == "vllm":
+            raise ValueError(
+                "`method.generation_cache: static` is the transformers backend's cache; vLLM manages its own. "
+                "Remove it or set `generation_backend: transformers`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_rewards(self) -> GRPOMethod:

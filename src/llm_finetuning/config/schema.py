@@ -87,8 +87,14 @@ class ModelConfig(Section):
     project's own byte-level tokenizer, or give a directory such as `../shared/data/tokenizers/qwen2`."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weight dtype. `auto` picks bfloat16 on a GPU that supports it, float32 otherwise."""
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
-    """Attention kernel; `auto` lets transformers choose (sdpa where available)."""
+    attn_implementation: Literal[
+        "auto", "eager", "sdpa", "flash_attention_2", "flex_attention", "torch_varlen", "sdpa_per_example"
+    ] = "auto"
+    """Attention kernel. `auto` (recommended) is sdpa, and on rows that hold several examples (packing,
+    padding-free batches) the fastest kernel that keeps them apart on this device: flash-attn's varlen kernel where
+    installed, else torch's own varlen flash kernel on CUDA (sm80+), flex attention, or sdpa per example on CPU
+    (`llmft env` shows the choice). `torch_varlen`, `sdpa_per_example` and `flex_attention` force one of those;
+    `sdpa` and `eager` keep transformers' kernels, with a mask over the whole row (batches then stay padded)."""
     device_map: str | None = None
     """Device placement when loading (`auto`, `cpu`, `cuda:0`); unset lets the trainer place the model."""
     trust_remote_code: bool = False
@@ -277,6 +283,9 @@ class TrainingConfig(Section):
     """Replace the model's RMSNorm, rotary embedding and SwiGLU MLP with Liger's fused Triton kernels (CUDA GPUs,
     `pip install 'llm-finetuning[liger]'`; Llama, Mistral, Qwen2/3, Gemma, Phi-3 and other architectures Liger
     patches). The loss head stays the trainer's own chunked one, so the full logits are not built either way."""
+    compile: bool = False
+    """Compile the model with `torch.compile` (transformers' `torch_compile`): faster steps after a compilation of
+    minutes at the start, on GPUs with Triton and on CPUs. Off by default: not measured yet."""
     logging_steps: int = Field(10, gt=0)
     """Log loss and learning rate every N optimizer steps."""
     save_steps: int | None = Field(None, gt=0)

@@ -1,8 +1,9 @@
 """Which code paths a training run takes for a config on a device, as the toolkit decides them at run time: the
 autocast precision, the LM head, per-example attention and Liger's kernels. The memory of a step depends on them.
 
-These mirror `methods/common.py` (`mixed_precision`), `models/lm_head.py` (`use_plain_lm_head`), `methods/sft.py`
-(`removes_padding`) and `models/varlen_attention.py` without importing torch; each decision is recorded as a note.
+The device decisions are the training path's own (`models/fast_path.py`, torch-free), asked for the device the
+estimate describes (`capabilities`); what they mean for memory is modelled here, and each decision is recorded as a
+note.
 """
 
 from __future__ import annotations
@@ -10,18 +11,38 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llm_finetuning import precision
-from llm_finetuning.config.schema import PROMPT_LEARNING, Config
+from llm_finetuning.config.schema import Config
+from llm_finetuning.errors import ConfigError
 from llm_finetuning.estimate.shapes import ModelShape
+from llm_finetuning.models import fast_path
+from llm_finetuning.models.fast_path import CPU_MATH_MAX_LENGTH, PER_EXAMPLE_SDPA
 
 if TYPE_CHECKING:
     from llm_finetuning.estimate.gpus import GPU
     from llm_finetuning.estimate.plan import Notes
 
-# Per-example sdpa on CPU runs examples up to this many tokens with the math kernel (varlen_attention.py's
-# CPU_MATH_MAX_LENGTH; a unit test keeps the two equal), which keeps each example's float32 scores.
-CPU_MATH_MAX_LENGTH = 192
+__all__ = ["CPU_MATH_MAX_LENGTH", "autocast", "capabilities", "liger", "lm_head", "per_example_attention"]
 # Families whose MLP and norms Liger patches with the kernels the estimate models (RMSNorm, SwiGLU/GeGLU).
 LIGER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+
+
+def capabilities(device: str, gpu: GPU | None = None, cpu_bf16: bool | None = None) -> fast_path.Capabilities:
+    """The device an estimate describes: a CUDA GPU of the table (a recent torch with its varlen kernel, Triton and
+    Liger assumed installed; bf16 support taken as sm80+), or a CPU (this machine's bf16 flags unless told)."""
+    if device == "cuda":
+        bf16 = gpu is None or gpu.bf16
+        return fast_path.Capabilities(
+            device="cuda",
+            name=gpu.name if gpu else "",
+            compute_capability=(8, 0) if bf16 else (7, 5),
+            bf16=bf16,
+            triton=True,
+            torch_varlen=True,
+            flex_attention=True,
+            liger=True,
+        )
+    native = precision.cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
+    return fast_path.Capabilities(device="cpu", bf16=native, torch_varlen=True, flex_attention=True)
 
 
 def autocast(
@@ -33,16 +54,16 @@ def autocast(
     this machine's flags when None (the CPU estimate describes the machine it runs on unless told otherwise).
     """
     mixed = config.training.mixed_precision
-    if device == "cuda":
-        if mixed == "auto":
-            return "bf16" if gpu is None or gpu.bf16 else "fp16"
-        return mixed
-    if mixed == "fp16":
+    # The CPU's bf16 flags matter only to `auto` (not read otherwise: a described CPU may not be this one).
+    caps = capabilities(device, gpu, cpu_bf16 if mixed == "auto" else False)
+    try:
+        resolved = fast_path.precision_choice(mixed, caps, shape.hidden_size).value
+    except ConfigError:
         notes.warn("training.mixed_precision fp16: autocast in fp16 needs a CUDA GPU; training refuses it on CPU")
-    if mixed != "auto":
         return mixed
-    native = precision.cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
-    mixed = precision.cpu_autocast(shape.hidden_size, native)
+    if device == "cuda" or mixed != "auto":
+        return resolved
+    native, mixed = caps.bf16, resolved
     where = "this machine's CPU" if cpu_bf16 is None else "the CPU described"
     if not native:
         why = f"{where} has no native bf16 (AVX512-BF16 or AMX)"
@@ -58,7 +79,11 @@ def lm_head(config: Config, shape: ModelShape, device: str, sharding: str, notes
     """`plain` where SFT/pretraining/GRPO swap TRL's fused head for the toolkit's plain one (no Triton: CPU), else
     `fused` (TRL's chunked head)."""
     method = config.method.name
-    if device == "cuda" or method not in ("sft", "pretrain", "grpo"):
+    if fast_path.lm_head_choice(capabilities(device, cpu_bf16=False)).value == "trl" or method not in (
+        "sft",
+        "pretrain",
+        "grpo",
+    ):
         return "fused"
     why = None
     if sharding != "none":
@@ -84,32 +109,34 @@ def lm_head(config: Config, shape: ModelShape, device: str, sharding: str, notes
 
 
 def per_example_attention(config: Config, shape: ModelShape, device: str, notes: Notes) -> tuple[bool, bool]:
-    """(padding-free or packed rows, attention per example) for SFT, as `methods/sft.py` decides them."""
-    data, method = config.data, config.method.name
-    attention = config.model.attn_implementation
+    """(padding-free or packed rows, sdpa per example) for SFT, as the fast path decides them on `device`."""
+    method = config.method.name
     if method not in ("sft", "pretrain"):
         return False, False
-    if data.packing:
-        return True, attention == "auto" and shape.per_example_attention
-    if (
-        not data.padding_free
-        or method == "pretrain"
-        or config.adapter.method in PROMPT_LEARNING
-        or config.training.per_device_batch_size < 2
-        or (config.model.quantization != "none" and device == "cpu")
-    ):
+    caps = capabilities(device, cpu_bf16=False)
+    try:
+        attention = fast_path.attention_choice(config, caps).value
+    except ConfigError as exc:
+        notes.warn(str(exc))
+        return bool(config.data.packing), False
+    # The toolkit's own kernels cut rows at example boundaries; models with sliding windows or soft-capping keep sdpa.
+    own = attention in fast_path.ROW_ATTENTION and attention not in ("flash_attention_2", "flex_attention")
+    if own and not shape.per_example_attention:
+        attention = "sdpa"
+    per_example = attention == PER_EXAMPLE_SDPA
+    if config.data.packing:
+        return True, per_example
+    if fast_path.padding_free_choice(config, caps, fast_path.Choice(attention, "")).value != "on":
         return False, False
-    if attention == "auto" and shape.per_example_attention:
+    if per_example:
         notes.info(
             "data.padding_free: each micro-batch assumed to be per_device_batch_size examples of data.max_length "
             "tokens end to end in one row (as many tokens as a padded batch at its worst), attended per example "
             "(sdpa on each example, key/value heads repeated)"
         )
         return True, True
-    if attention == "flash_attention_2":
-        notes.info("data.padding_free: examples end to end in one row, flash-attention's variable-length kernel")
-        return True, False
-    return False, False
+    notes.info(f"data.padding_free: examples end to end in one row, one variable-length kernel call ({attention})")
+    return True, False
 
 
 def math_attention_length(config: Config, seq_len: int, device: str, per_example: bool, notes: Notes) -> int:
@@ -140,7 +167,9 @@ def liger(config: Config, shape: ModelShape, device: str, notes: Notes) -> bool:
     """Whether Liger's RMSNorm and SwiGLU kernels replace the model's (`training.liger_kernel`, CUDA only)."""
     if not config.training.liger_kernel:
         return False
-    if device != "cuda":
+    try:
+        fast_path.liger_choice(config, capabilities(device, cpu_bf16=False))
+    except ConfigError:
         notes.info("training.liger_kernel: Liger's kernels need a CUDA GPU; not applied in a CPU estimate")
         return False
     if shape.model_type not in LIGER_FAMILIES:

@@ -12,14 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-
-from llm_finetuning.evaluation.config import EvalTaskConfig  # noqa: E402
-from llm_finetuning.evaluation.models import Variant, load_variant, run_variants  # noqa: E402
-from llm_finetuning.evaluation.runner import EvalSettings, Progress, evaluate, result_names  # noqa: E402
+from llm_finetuning.evaluation.config import EvalTaskConfig
+from llm_finetuning.evaluation.models import Variant, load_variant, run_variants
+from llm_finetuning.evaluation.runner import EvalSettings, Progress, evaluate, result_names
+from llm_finetuning.runs.plots import pyplot
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +34,7 @@ class BeforeAfter:
     """`task/metric` -> variant -> value."""
     markdown: Path
     json: Path
-    chart: Path
+    chart: Path | None
 
 
 def shown_metrics(metrics: dict[str, float]) -> list[str]:
@@ -57,8 +53,12 @@ def markdown_table(table: dict[str, dict[str, float]], variants: list[str]) -> s
     return "\n".join(lines) + "\n"
 
 
-def plot_table(table: dict[str, dict[str, float]], variants: list[str], path: Path) -> Path:
-    """One small bar chart per task metric (metrics have different scales), one bar per variant."""
+def plot_table(table: dict[str, dict[str, float]], variants: list[str], path: Path) -> Path | None:
+    """One small bar chart per task metric (metrics have different scales), one bar per variant; None without
+    matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
     keys = list(table)
     columns = min(3, max(1, len(keys)))
     rows = math.ceil(len(keys) / columns) or 1

@@ -6,12 +6,11 @@ import dataclasses
 import difflib
 from typing import Any
 
-import torch
-
 from llm_finetuning.config.schema import Config
 from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError
-from llm_finetuning.precision import cpu_autocast, cpu_has_native_bf16
+from llm_finetuning.models import fast_path
+from llm_finetuning.models.fast_path import model_hidden_size  # noqa: F401 - re-exported for callers
 from llm_finetuning.runs import distributed
 from llm_finetuning.runs.rundir import RunDir
 
@@ -31,6 +30,7 @@ COVERED = {
     "warmup_steps",
     "seed",
     "data_seed",
+    "torch_compile",
     "gradient_checkpointing",
     "logging_steps",
     "save_strategy",
@@ -50,39 +50,6 @@ COVERED = {
 }
 
 
-def model_hidden_size(config: Config) -> int | None:
-    """The hidden size of the model to train, from `model.tiny` or the model's config.json; None if unknown."""
-    if config.model.name == "tiny":
-        return config.model.tiny.hidden_size
-    try:
-        from transformers import AutoConfig
-
-        model_config = AutoConfig.from_pretrained(
-            config.model.name, revision=config.model.revision, trust_remote_code=config.model.trust_remote_code
-        )
-        return getattr(model_config.get_text_config(), "hidden_size", None)
-    except (OSError, ValueError, KeyError):  # not readable here: the caller assumes a full-size model
-        return None
-
-
-def mixed_precision(setting: str, hidden_size: int | None = None) -> str:
-    """Resolve `training.mixed_precision` for this machine: `bf16`, `fp16` or `no`.
-
-    `auto` on a CPU is bf16 where it is faster: native bf16, and a model at least `CPU_BF16_MIN_HIDDEN` wide (an
-    unknown width counts as wide).
-    """
-    cuda = torch.cuda.is_available()
-    if setting == "auto":
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if torch.backends.mps.is_available():
-            return "no"
-        return cpu_autocast(hidden_size, cpu_has_native_bf16())
-    if setting == "fp16" and not cuda:
-        raise ConfigError("training.mixed_precision: fp16 autocast needs a CUDA GPU; use `bf16` or `no` on CPU.")
-    return setting
-
-
 def check_trackers(report_to: list[str]) -> None:
     """Fail before training, not at the first log step, when a tracker's package is missing."""
     missing = [name for name in report_to if not is_installed(name)]
@@ -98,8 +65,8 @@ def training_arguments(config: Config, run: RunDir, has_eval: bool) -> dict[str,
     """Keyword arguments for a transformers `TrainingArguments` subclass (TRL's method configs)."""
     check_trackers(config.tracking.report_to)
     t = config.training
-    on_gpu = torch.cuda.is_available()
-    precision = mixed_precision(t.mixed_precision, model_hidden_size(config) if t.mixed_precision == "auto" else None)
+    path = fast_path.for_config(config)
+    precision = path.precision.value
     warmup: float = t.warmup_steps if t.warmup_steps is not None else (t.warmup_ratio or 0.0)
     evaluate_steps = has_eval and config.eval.every_steps is not None
     return {
@@ -110,7 +77,7 @@ def training_arguments(config: Config, run: RunDir, has_eval: bool) -> dict[str,
         "per_device_train_batch_size": t.per_device_batch_size,
         "per_device_eval_batch_size": t.per_device_eval_batch_size or t.per_device_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "optim": t.optimizer,
+        "optim": path.optimizer.value,
         "weight_decay": t.weight_decay,
         "max_grad_norm": t.max_grad_norm,
         "lr_scheduler_type": t.lr_scheduler,
@@ -130,7 +97,8 @@ def training_arguments(config: Config, run: RunDir, has_eval: bool) -> dict[str,
         "run_name": config.tracking.run_name or run.root.name,
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
-        "use_cpu": not on_gpu and not torch.backends.mps.is_available(),
+        "use_cpu": path.device == "cpu",
+        "torch_compile": path.compile.value == "on",
         **distributed_arguments(config),
     }
 

@@ -11,7 +11,6 @@ import logging
 import time
 from typing import Any
 
-import torch
 from peft import PeftModel
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
@@ -21,6 +20,7 @@ from llm_finetuning.data.pipeline import PreparedData, prepare_records
 from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError, UserError
 from llm_finetuning.methods.common import apply_extra, training_arguments
+from llm_finetuning.models import fast_path
 from llm_finetuning.models.lm_head import use_plain_lm_head
 from llm_finetuning.rewards.contracts import Reward, check_rewards, resolve_rewards
 from llm_finetuning.runs import distributed
@@ -172,9 +172,25 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.judge = judge
-    # TRL's fused head is slow without Triton (CPU): same log-probabilities and entropy, computed plainly
-    use_plain_lm_head(trainer, temperature=method.temperature, entropy_grad=True)
+    use_generation_cache(trainer, config)
+    if fast_path.for_config(config).lm_head.value == "plain":
+        # TRL's fused head is slow without Triton (CPU): same log-probabilities and entropy, computed plainly
+        use_plain_lm_head(trainer, temperature=method.temperature, entropy_grad=True)
     return trainer
+
+
+def use_generation_cache(trainer: GRPOTrainer, config: Config) -> None:
+    """`method.generation_cache: static`: one static KV cache sized for the longest prompt plus completion, reused by
+    every step, and transformers' compiled decoding on it (TRL builds its generation config with compilation off)."""
+    method = config.method
+    if method.generation_cache != "static" or method.generation_backend != "transformers":
+        return
+    longest = (method.max_prompt_length or config.data.max_length) + method.max_completion_length
+    settings = {"cache_implementation": "static", "max_cache_len": longest, "disable_compile": False}
+    for key, value in settings.items():
+        setattr(trainer.generation_config, key, value)
+    trainer.generation_kwargs.update(settings)  # TRL applies these to the model's own generation config too
+    logger.info("GRPO generation: static KV cache of %d positions, compiled decoding where the device allows", longest)
 
 
 def generation_arguments(config: Config) -> dict[str, Any]:
@@ -187,7 +203,7 @@ def generation_arguments(config: Config) -> dict[str, Any]:
             "method.generation_backend: vllm is not installed. `pip install 'llm-finetuning[vllm]'` (CUDA only), or "
             "set `generation_backend: transformers`."
         )
-    if not torch.cuda.is_available():
+    if fast_path.capabilities().device != "cuda":
         raise ConfigError("method.generation_backend: vllm needs a CUDA GPU; use `transformers` on this machine.")
     return {
         "use_vllm": True,

@@ -4,23 +4,23 @@ The data arrives tokenized, with labels that are -100 outside completions (see `
 uses them as they are; truncation has already happened and been counted. With `data.packing`, TRL packs the
 examples (best-fit decreasing) and its padding-free collator restarts positions per example, which the model's
 attention turns into a block-diagonal mask. Without packing, `data.padding_free` puts each batch in one row the
-same way. Either way, with `model.attn_implementation: auto` the attention runs per example (`varlen_attention`).
+same way. Either way, with `model.attn_implementation: auto` the attention is the fast path's kernel for such rows
+(`models/fast_path.py`: a varlen flash kernel on CUDA, sdpa per example on CPU), checked on the model first.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from llm_finetuning.config.schema import PROMPT_LEARNING, Config
+from llm_finetuning.config.schema import Config
 from llm_finetuning.data.pipeline import PreparedData, prepare_data
 from llm_finetuning.methods.common import apply_extra, training_arguments
+from llm_finetuning.models import fast_path
 from llm_finetuning.models.lm_head import use_plain_lm_head
-from llm_finetuning.models.packing import packed_attention_is_isolated
-from llm_finetuning.models.varlen_attention import use_varlen_attention
+from llm_finetuning.models.row_attention import rows_isolated
 from llm_finetuning.runs.rundir import RunDir
 
 
@@ -37,10 +37,11 @@ def build_trainer(
     callbacks: list[TrainerCallback],
 ) -> SFTTrainer:
     arguments: dict[str, Any] = training_arguments(config, run, has_eval=data.eval is not None)
+    path = fast_path.for_config(config)
     packing = config.data.packing
-    padding_free = not packing and removes_padding(config, model)
-    if packing and config.model.attn_implementation == "auto" and config.model.backend != "unsloth":
-        use_varlen_attention(model)
+    padding_free = not packing and removes_padding(config, model, path)
+    if packing:
+        rows_isolated(model, path)  # the plan's attention for packed rows, where it keeps them apart
     arguments.update(
         # Unpacked examples are already cut to data.max_length (and counted); packing fills rows up to it.
         max_length=config.data.max_length if packing else None,
@@ -60,27 +61,16 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    use_plain_lm_head(trainer)  # TRL's fused head is slow without Triton (CPU); same loss, computed plainly
+    if path.lm_head.value == "plain":
+        use_plain_lm_head(trainer)  # TRL's fused head is slow without Triton (CPU); same loss, computed plainly
     return trainer
 
 
-def removes_padding(config: Config, model: PreTrainedModel) -> bool:
+def removes_padding(config: Config, model: PreTrainedModel, path: fast_path.FastPath | None = None) -> bool:
     """Whether unpacked batches go padding-free: the same examples in one row, each attended to on its own.
 
-    Only where the attention runs per example (otherwise one long row costs more attention than the padding saves)
-    and keeps examples apart; prompt-learning adapters prepend their tokens once per row, so they keep padding, and
-    pretraining blocks all have the same length (nothing to remove).
+    Where the fast path allows it (`fast_path.padding_free_choice`: an attention that runs per example, a batch of
+    more than one, no prompt-learning adapter, ...) and the model shows that its attention keeps the examples apart.
     """
-    if not config.data.padding_free or config.adapter.method in PROMPT_LEARNING or config.method.name == "pretrain":
-        return False
-    if config.training.per_device_batch_size < 2:  # nothing to pad
-        return False
-    if config.model.quantization != "none" and not torch.cuda.is_available():
-        # bitsandbytes repacks 4-bit weights in place at an inference forward on CPU, which the isolation check is
-        return False
-    if config.model.backend == "unsloth":  # Unsloth's attention keeps packed examples apart itself (checked)
-        return packed_attention_is_isolated(model)
-    attention = config.model.attn_implementation
-    if attention == "auto":
-        return use_varlen_attention(model)
-    return attention.startswith("flash_attention") and packed_attention_is_isolated(model)
+    path = path or fast_path.for_config(config)
+    return path.padding_free.value == "on" and rows_isolated(model, path)

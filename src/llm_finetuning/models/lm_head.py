@@ -16,33 +16,26 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers.utils import is_triton_available
 
 from llm_finetuning.models.logit_config import LOGIT_TRANSFORMS
 
 logger = logging.getLogger(__name__)
 
 
-def has_fast_fused_head(device: torch.device) -> bool:
-    """Whether TRL's Triton head runs on `device` (otherwise it falls back to slow torch ops)."""
-    return is_triton_available() and device.type in ("cuda", "xpu")
-
-
 def use_plain_lm_head(trainer: Any, temperature: float = 1.0, entropy_grad: bool = False) -> bool:
-    """Replace TRL's fused LM head with the plain one where TRL has no Triton kernel; True when replaced.
+    """Replace TRL's fused LM head with the plain one; True when replaced. Called where the fast path chose the plain
+    head (no Triton on the device: `fast_path.lm_head_choice`).
 
     `temperature` divides the logits as TRL's head was told to (GRPO samples at a temperature); `entropy_grad` keeps
-    the entropy in the graph (GRPO can put it in the loss; SFT only logs it). Left alone: CUDA/XPU with Triton,
-    sharded models (FSDP/DeepSpeed gather the head themselves in TRL's path), a head cast to float32, and models
+    the entropy in the graph (GRPO can put it in the loss; SFT only logs it). Left alone: sharded models
+    (FSDP/DeepSpeed gather the head themselves in TRL's path), a head cast to float32, and models
     whose config transforms the logits.
     """
     model = trainer.model
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    device = next(base.parameters()).device
     config = base.config.get_text_config()
     if (
-        has_fast_fused_head(device)
-        or getattr(trainer, "is_fsdp_enabled", False)
+        getattr(trainer, "is_fsdp_enabled", False)
         or getattr(trainer, "is_deepspeed_enabled", False)
         or getattr(getattr(trainer, "args", None), "cast_lm_head_to_fp32", False)
         or any(getattr(config, name, None) is not None for name in LOGIT_TRANSFORMS)
@@ -51,7 +44,7 @@ def use_plain_lm_head(trainer: Any, temperature: float = 1.0, entropy_grad: bool
         return False
     fused = base.forward  # TRL's patched forward: still serves every call without `fused_lm_head=True`
     base.forward = types.MethodType(_plain_head_forward(fused, temperature, entropy_grad), base)
-    logger.debug("plain LM head over labelled positions (no Triton on %s)", device.type)
+    logger.debug("plain LM head over labelled positions")
     return True
 
 

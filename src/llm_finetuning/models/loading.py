@@ -20,7 +20,7 @@ from llm_finetuning.config.schema import ModelConfig
 from llm_finetuning.data.templates import BUILTIN_TEMPLATES
 from llm_finetuning.env import is_installed
 from llm_finetuning.errors import ConfigError, UserError
-from llm_finetuning.models import tiny, unsloth_backend
+from llm_finetuning.models import fast_path, tiny, unsloth_backend
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +28,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """`auto` is bfloat16 on a GPU that supports it and float32 elsewhere (CPU, older GPUs)."""
-    if name != "auto":
-        return DTYPES[name]
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    """`auto` is bfloat16 on a GPU that supports it, float32 elsewhere (CPU, older GPUs): `fast_path.dtype_choice`."""
+    return DTYPES[fast_path.dtype_choice(name, fast_path.capabilities()).value]
+
+
+def load_attention(config: ModelConfig) -> str | None:
+    """The attention to load the model with: the named one, or None (transformers' sdpa) for `auto` and the
+    toolkit's own kernels, which `row_attention.prepare_rows` switches on after loading."""
+    name = fast_path.ATTENTION_NAMES.get(config.attn_implementation, config.attn_implementation)
+    if config.attn_implementation == "auto" or name in (fast_path.PER_EXAMPLE_SDPA, fast_path.TORCH_VARLEN):
+        return None
+    return name
 
 
 def _check_local(source: str, key: str) -> None:
@@ -135,8 +140,7 @@ def load_model(
     elif config.name == "tiny":
         if head != "causal_lm":
             raise ValueError("tiny models are built as causal LMs; save them and load the directory with a head")
-        attention = None if config.attn_implementation == "auto" else config.attn_implementation
-        model = tiny.build_model(config.tiny, tokenizer, dtype, attention)
+        model = tiny.build_model(config.tiny, tokenizer, dtype, load_attention(config))
     else:
         model = _from_pretrained(config, dtype, head)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
@@ -182,8 +186,8 @@ def _from_pretrained(config: ModelConfig, dtype: torch.dtype, head: str = "causa
         "trust_remote_code": config.trust_remote_code,
         "use_safetensors": None if config.allow_unsafe_weights else True,
     }
-    if config.attn_implementation != "auto":
-        kwargs["attn_implementation"] = config.attn_implementation
+    if load_attention(config) is not None:
+        kwargs["attn_implementation"] = load_attention(config)
     if config.device_map is not None:
         kwargs["device_map"] = config.device_map
     if config.quantization != "none":

@@ -23,10 +23,13 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
+from llm_finetuning.models.fast_path import CPU_MATH_MAX_LENGTH, PER_EXAMPLE_SDPA
+
 logger = logging.getLogger(__name__)
 
-NAME = "llmft_sdpa_varlen"
-CPU_MATH_MAX_LENGTH = 192
+NAME = PER_EXAMPLE_SDPA
+# Examples up to this length run sdpa's math kernel; set from the run's fast path (192 on CPU, 0 elsewhere).
+SDPA_MATH = {"max_length": CPU_MATH_MAX_LENGTH}
 
 
 def segment_lengths(kwargs: dict[str, Any], length: int) -> list[int] | None:
@@ -84,7 +87,7 @@ def _causal_attention(
 ) -> torch.Tensor:
     # On CPU, sdpa's flash kernel has a slow backward for short sequences: up to ~200 tokens the plain (math) kernel
     # trains attention 1.9x faster in bf16, as accurately; above, flash wins and keeps memory linear.
-    short = query.device.type == "cpu" and query.shape[2] <= CPU_MATH_MAX_LENGTH
+    short = query.shape[2] <= SDPA_MATH["max_length"]
     with sdpa_kernel(SDPBackend.MATH) if short else nullcontext():
         return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True)
 
@@ -119,37 +122,14 @@ AttentionMaskInterface.register(NAME, varlen_mask)
 
 
 def supports_varlen(model: PreTrainedModel) -> bool:
-    """Models whose attention the per-example path reproduces: causal, no sliding window, no logit soft-capping."""
-    config = model.config.get_text_config()
-    layer_types = getattr(config, "layer_types", None) or []
-    sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
-    return not (
-        sliding
-        or any(kind != "full_attention" for kind in layer_types)
-        or getattr(config, "attn_logit_softcapping", None)
-        or not getattr(config, "is_causal", True)
-        or getattr(config, "_attn_implementation", None) != "sdpa"
-    )
+    """Models whose attention the per-example path reproduces (see `row_attention.supports`)."""
+    from llm_finetuning.models.row_attention import supports
+
+    return supports(model, NAME)
 
 
 def use_varlen_attention(model: Any) -> bool:
-    """Switch an sdpa model to the per-example path when that keeps packed examples apart; True when switched.
+    """Switch an sdpa model to per-example sdpa where that keeps packed examples apart; True when switched."""
+    from llm_finetuning.models.row_attention import use_row_attention
 
-    The switch is checked on the model itself (two sequences packed into one row against each alone) and undone if
-    the check fails.
-    """
-    from llm_finetuning.models.packing import packed_attention_is_isolated
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not isinstance(base, PreTrainedModel) or not supports_varlen(base):
-        return False
-    try:
-        base.set_attn_implementation(NAME)
-    except (ValueError, ImportError) as exc:
-        logger.debug("varlen attention not available for %s: %s", type(base).__name__, exc)
-        return False
-    if base.config._attn_implementation != NAME or not packed_attention_is_isolated(base):
-        base.set_attn_implementation("sdpa")
-        return False
-    logger.info("attention: per-example sdpa on packed rows (%s)", NAME)
-    return True
+    return use_row_attention(model, NAME)

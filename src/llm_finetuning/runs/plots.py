@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+logger = logging.getLogger(__name__)
 
-matplotlib.use("Agg")  # no display on servers; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend, imported when a plot is drawn; None (with a warning) where
+    matplotlib is not installed, so a lean install (a GPU box with only the training stack) still trains."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plots are drawn (`pip install matplotlib`)")
+        return None
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -21,6 +33,9 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 
 def plot_metrics(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write loss.png (train and eval loss vs step) and lr.png; return the files written."""
+    plt = pyplot()
+    if plt is None:
+        return []
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     figure, axis = plt.subplots(figsize=(7, 4))
