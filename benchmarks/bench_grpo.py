@@ -8,6 +8,7 @@ the toolkit's math rewards. Each optimizer step scores `batch x accumulation` co
 prompt). Scenarios:
 - `gen-per-micro-batch` (baseline): one `generate` call per micro-batch (TRL `steps_per_generation: 1`);
 - `gen-batched`: the toolkit's default, one `generate` call for the whole step's completions;
+- `gen-static`: `gen-batched` with `method.generation_cache: static` (a static KV cache; compiled decoding on a GPU);
 - `gen-vllm`: completions from vLLM colocated in the process (`method.generation_backend: vllm`; CUDA + vllm only).
 
 - `trl-fused-head`: `gen-batched` with TRL's own LM head instead of the toolkit's plain one (CPU).
@@ -100,13 +101,14 @@ def install_span_hook(meter: PhaseMeter) -> Any:
 SCENARIOS = {
     "gen-per-micro-batch": {"steps_per_generation": 1},
     "gen-batched": {},
+    "gen-static": {"cache": "static"},
     "gen-vllm": {"backend": "vllm"},
     "trl-fused-head": {"trl_head": True},
 }
 # (group, baseline, scenarios): generation batching and backends; and the toolkit's plain LM head (on by default
 # where TRL has no Triton kernel) against TRL's own head.
 GROUPS = [
-    ("generation", "gen-per-micro-batch", ["gen-per-micro-batch", "gen-batched", "gen-vllm"]),
+    ("generation", "gen-per-micro-batch", ["gen-per-micro-batch", "gen-batched", "gen-static", "gen-vllm"]),
     ("lm-head", "trl-fused-head", ["trl-fused-head", "gen-batched"]),
 ]
 
@@ -134,6 +136,8 @@ def run(name: str, args: argparse.Namespace, model_path: Path, pad: int) -> harn
     }
     if spec.get("backend"):
         method["generation_backend"] = spec["backend"]
+    if spec.get("cache"):
+        method["generation_cache"] = spec["cache"]
     training: dict[str, Any] = {
         "max_steps": args.warmup + args.steps,
         "per_device_batch_size": args.batch,

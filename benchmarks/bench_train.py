@@ -85,6 +85,7 @@ class Scenario:
     liger: bool = False
     trl_head: bool = False  # ours with TRL's fused LM head instead of the plain one (CPU)
     batch: int | None = None  # per-device batch (None: the suite's)
+    accumulation: int | None = None  # micro-batches per optimizer step (None: the suite's)
     backend: str | None = None  # llmft runner: model.backend (None: transformers)
     needs: tuple[str, ...] = ()  # cuda, flash_attn, liger_kernel, unsloth
 
@@ -100,6 +101,7 @@ class Suite:
     groups: list[tuple[str, str, list[str]]]  # (group, baseline, scenario names)
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
+    accumulation: int = 1
 
 
 PLAIN_LORA_DROPOUT = 0.05  # PEFT/TRL examples' usual LoRA dropout, what the plain baselines use
@@ -187,8 +189,10 @@ SUITES = {
 
 
 # ------------------------------------------------------------------------------------------------ the model
-def model_dir(shape: str, tokenizer: Any, dtype: torch.dtype, cache: Path) -> Path:
-    """Save a randomly-initialised model of `shape` once, so every runner loads the same weights from disk."""
+def model_dir(shape: str, tokenizer: Any, dtype: torch.dtype, cache: Path, device: str = "cpu") -> Path:
+    """Save a randomly-initialised model of `shape` once, so every runner loads the same weights from disk.
+
+    `device` is where the random weights are drawn (a GPU draws a 3B model in seconds, a CPU in minutes)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     spec = SHAPES[shape]
@@ -210,7 +214,8 @@ def model_dir(shape: str, tokenizer: Any, dtype: torch.dtype, cache: Path) -> Pa
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     del model
@@ -261,6 +266,10 @@ def batch_of(scenario: Scenario, suite: Suite) -> int:
     return PACKED_BATCH[0] if scenario.packing else suite.batch
 
 
+def accumulation_of(scenario: Scenario, suite: Suite) -> int:
+    return scenario.accumulation or suite.accumulation
+
+
 def missing(scenario: Scenario, device: str) -> str | None:
     """Why the scenario cannot run here, or None."""
     from llm_finetuning.env import is_installed
@@ -286,6 +295,7 @@ def run_llmft(scenario: Scenario, suite: Suite, model_path: Path, work: Path, me
     training: dict[str, Any] = {
         "max_steps": meter.warmup + STEPS[0],
         "per_device_batch_size": batch_of(scenario, suite),
+        "gradient_accumulation_steps": accumulation_of(scenario, suite),
         "learning_rate": 1e-4,
         "logging_steps": 10**6,
         "save_steps": 10**6,  # no checkpoint inside the measured window
@@ -361,6 +371,7 @@ def run_trl(scenario: Scenario, suite: Suite, model_path: Path, work: Path, mete
     args = SFTConfig(
         output_dir=str(work / "trl"),
         per_device_train_batch_size=batch_of(scenario, suite),
+        gradient_accumulation_steps=accumulation_of(scenario, suite),
         max_steps=meter.warmup + STEPS[0],
         max_length=suite.max_length,
         learning_rate=1e-4,
@@ -398,6 +409,7 @@ def run_hf(scenario: Scenario, suite: Suite, model_path: Path, work: Path, meter
     args = TrainingArguments(
         output_dir=str(work / "hf"),
         per_device_train_batch_size=batch_of(scenario, suite),
+        gradient_accumulation_steps=accumulation_of(scenario, suite),
         max_steps=meter.warmup + STEPS[0],
         learning_rate=1e-4,
         logging_steps=10**6,
@@ -426,6 +438,7 @@ def run_unsloth(scenario: Scenario, suite: Suite, model_path: Path, work: Path, 
     args = SFTConfig(
         output_dir=str(work / "unsloth"),
         per_device_train_batch_size=batch_of(scenario, suite),
+        gradient_accumulation_steps=accumulation_of(scenario, suite),
         max_steps=meter.warmup + STEPS[0],
         max_length=suite.max_length,
         packing=bool(scenario.packing),

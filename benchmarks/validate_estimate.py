@@ -9,11 +9,12 @@ toolkit's SFT path uses with its defaults, for two optimizer steps (so the optim
 step peaks): the adapter from `apply_adapter` (LoRA r 16, dropout 0, all-linear, or full weights), TRL's fused LM
 head as SFTTrainer installs it, replaced by the toolkit's plain head where TRL has no Triton kernel (CPU), the
 batch padding-free (the examples end to end in one row, positions restarting, labels -100 at each example's first
-position as TRL's collator sets them) with per-example sdpa attention, the autocast `training.mixed_precision:
-auto` resolves to on this machine (bf16 on CUDA; on a CPU bf16 where it has native bf16 and the model is at least
-128 wide), transformers' gradient checkpointing without reentrancy, fused AdamW, gradient clipping and
-`zero_grad(set_to_none=True)`. Batch 4 examples x 512 tokens on CPU (float32 weights), 4 x 1024 on CUDA (bfloat16
-weights). The estimate gets the same config (`method: sft`, defaults otherwise).
+position as TRL's collator sets them) with the fast path's attention for such rows (per-example sdpa on CPU, torch's
+varlen flash kernel on CUDA), the autocast `training.mixed_precision: auto` resolves to on this machine (bf16 on
+CUDA; on a CPU bf16 where it has native bf16 and the model is at least 128 wide), transformers' gradient
+checkpointing without reentrancy, fused AdamW, gradient clipping and `zero_grad(set_to_none=True)`. Batch 4
+examples x 512 tokens on CPU (float32 weights), 4 x 1024 on CUDA (bfloat16 weights). The estimate gets the same
+config (`method: sft`, defaults otherwise).
 
 Measurement. On CUDA: `torch.cuda.max_memory_allocated()` (what the estimate's `peak_allocated` predicts).
 On CPU there is no allocator counter, so the peak resident set size is used: after imports and a warm-up step
@@ -78,13 +79,14 @@ def _build(shape: str, device: str, dtype):  # type: ignore[no-untyped-def]
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
-def _autocast(device: str, shape: str) -> str:
-    """`training.mixed_precision: auto` on this machine for the shape, as methods/common.py resolves it."""
-    from llm_finetuning.config.schema import TinyModelConfig
-    from llm_finetuning.precision import cpu_autocast, cpu_has_native_bf16
+def _fast_path(shape: str):  # type: ignore[no-untyped-def]
+    """The fast path of SFT with its defaults on this machine for the shape, as training decides it."""
+    from llm_finetuning.config.schema import Config, TinyModelConfig
+    from llm_finetuning.models import fast_path
 
     hidden = TinyModelConfig().hidden_size if SHAPES[shape] is None else SHAPES[shape]["hidden_size"]
-    return "bf16" if device == "cuda" else cpu_autocast(hidden, cpu_has_native_bf16())
+    config = Config.model_validate({"data": {"train": {"path": "unused.jsonl", "format": "alpaca"}}})
+    return fast_path.plan(config, fast_path.capabilities(), hidden)
 
 
 def worker(case: dict) -> dict:
@@ -96,12 +98,13 @@ def worker(case: dict) -> dict:
     from llm_finetuning.config.adapters import FullAdapter, LoraAdapter
     from llm_finetuning.models.adapters import apply_adapter
     from llm_finetuning.models.lm_head import use_plain_lm_head
-    from llm_finetuning.models.varlen_attention import use_varlen_attention
+    from llm_finetuning.models.row_attention import use_row_attention
 
     device, shape, checkpointing = case["device"], case["shape"], case["checkpointing"]
     cuda = device == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    mixed = _autocast(device, shape)
+    path = _fast_path(shape)
+    mixed = path.precision.value
     torch.manual_seed(0)
 
     def train(model, steps: int, batch: int, length: int) -> None:  # type: ignore[no-untyped-def]
@@ -110,9 +113,10 @@ def worker(case: dict) -> dict:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         adapter = FullAdapter() if case["adapter"] == "full" else LoraAdapter()
         model = apply_adapter(model, adapter, gradient_checkpointing=checkpointing)
-        if not use_varlen_attention(model):
-            raise RuntimeError("per-example attention was refused; the SFT default would pad instead")
-        use_plain_lm_head(types.SimpleNamespace(model=model))  # replaces TRL's head where it has no Triton kernel
+        if not use_row_attention(model, path.attention.value):
+            raise RuntimeError(f"{path.attention.value} was refused; the SFT default would pad instead")
+        if path.lm_head.value == "plain":  # where TRL has no Triton kernel
+            use_plain_lm_head(types.SimpleNamespace(model=model))
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
@@ -183,6 +187,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--only", help="run only the cases whose model name contains this")
+    parser.add_argument("--adapter", choices=("full", "lora"), help="run only the cases of this adapter")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON line at the end")
     parser.add_argument("--output", type=Path, help="also write the Markdown (machine line and table) to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,7 +201,7 @@ def main() -> None:
     if args.device == "cpu":
         info["torch_threads"] = int(os.environ.get("VALIDATE_THREADS", "1"))  # the workers'
     cases = CPU_CASES if args.device == "cpu" else CUDA_CASES
-    cases = [c for c in cases if not args.only or args.only in c[0]]
+    cases = [c for c in cases if (not args.only or args.only in c[0]) and (not args.adapter or args.adapter == c[1])]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "TOKENIZERS_PARALLELISM": "false"}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,6 +240,9 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     if args.markdown:
         print("\n" + text, end="")
+    if args.json:
+        keys = ("shape", "adapter", "checkpointing", "autocast", "predicted", "measured")
+        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows]))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(f"validate_estimate: predicted vs measured peak memory ({args.device})\n\n{text}")
