@@ -62,7 +62,7 @@ def on_cuda(monkeypatch):
     """A stand-in kernel the toolkit takes for torch's, and tensors it takes for CUDA ones."""
     kernel = Kernel()
     monkeypatch.setattr(varlen_kernel, "load_kernel", lambda: kernel)
-    monkeypatch.setattr(varlen_kernel, "kernel_accepts", lambda query: True)
+    monkeypatch.setattr(varlen_kernel, "kernel_dtype", lambda query: query.dtype)
     return kernel
 
 
@@ -139,7 +139,7 @@ def test_padded_batches_generation_and_unsupported_tensors_take_the_sdpa_paths(o
         assert torch.equal(varlen.generate(prompt, **settings), sdpa.generate(prompt, **settings))
     assert on_cuda.calls == []
     # float32 activations (or CPU tensors): torch's kernel would refuse them; per-example sdpa is exact
-    monkeypatch.setattr(varlen_kernel, "kernel_accepts", lambda query: False)
+    monkeypatch.setattr(varlen_kernel, "kernel_dtype", lambda query: None)
     with torch.no_grad():
         packed = collate(padding_free=True)
         loss = varlen(**packed).loss
@@ -147,9 +147,10 @@ def test_padded_batches_generation_and_unsupported_tensors_take_the_sdpa_paths(o
     assert loss.item() == pytest.approx(sdpa(**collate(padding_free=False)).loss.item(), rel=1e-6)
 
 
-def test_the_real_accept_rule_is_half_precision_on_cuda():
-    assert not varlen_kernel.kernel_accepts(torch.zeros(1, 2, 3, 4, dtype=torch.bfloat16))  # CPU tensor
-    assert not varlen_kernel.kernel_accepts(torch.zeros(1, 2, 3, 4))
+def test_the_kernel_takes_cuda_tensors_only():
+    assert varlen_kernel.kernel_dtype(torch.zeros(1, 2, 3, 4, dtype=torch.bfloat16)) is None  # CPU tensors
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert varlen_kernel.kernel_dtype(torch.zeros(1, 2, 3, 4)) is None
 
 
 @pytest.mark.parametrize("scale", [None, 0.5])

@@ -6,9 +6,10 @@ to the kernel as (tokens, heads, dim) with the example boundaries (`cu_seq_lens_
 or where `position_ids` restart), so attention costs the sum of each example's length squared and no mask is built.
 
 The kernel's signature changed between torch releases (2.9-2.10: `is_causal`; 2.11: `window_size`, `scale`; 2.12+:
-`enable_gqa`); `call_kernel` adapts to the one installed. It runs bf16/fp16 tensors on CUDA only; anything else
-(float32 activations, a padding mask, generation with a KV cache, dropout) takes the per-example sdpa path, which
-is exact everywhere and falls through to transformers' sdpa for padded batches.
+`enable_gqa`); `call_kernel` adapts to the one installed. It runs bf16/fp16 tensors on CUDA only (float32 ones under
+autocast are cast as autocast would cast them for sdpa); anything else (float32 without autocast, a padding mask,
+generation with a KV cache, dropout) takes the per-example sdpa path, which is exact everywhere and falls through to
+transformers' sdpa for padded batches.
 """
 
 from __future__ import annotations
@@ -102,9 +103,17 @@ def row_bounds(kwargs: dict[str, Any], length: int, device: torch.device) -> tup
     return result
 
 
-def kernel_accepts(query: torch.Tensor) -> bool:
-    """The kernel runs half-precision tensors on CUDA."""
-    return query.is_cuda and query.dtype in HALF
+def kernel_dtype(query: torch.Tensor) -> torch.dtype | None:
+    """The dtype the kernel runs `query` in: its own when half precision on CUDA, autocast's when autocast would run
+    sdpa in it (float32 activations under bf16/fp16 autocast), else None (the kernel cannot take it)."""
+    if not query.is_cuda:
+        return None
+    if query.dtype in HALF:
+        return query.dtype
+    if torch.is_autocast_enabled("cuda"):
+        lower = torch.get_autocast_dtype("cuda")
+        return lower if lower in HALF else None
+    return None
 
 
 def torch_varlen_attention(
@@ -127,24 +136,17 @@ def torch_varlen_attention(
         and dropout == 0.0
         and query.shape[0] == 1
         and query.shape[2] == key.shape[2]
-        and kernel_accepts(query)
     )
-    bounds = row_bounds(kwargs, query.shape[2], query.device) if usable else None
+    dtype = kernel_dtype(query) if usable else None
+    bounds = row_bounds(kwargs, query.shape[2], query.device) if dtype is not None else None
     if bounds is None:
         return varlen_sdpa_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
     cumulative, longest = bounds
     # (1, heads, tokens, dim) -> (tokens, heads, dim), the kernel's layout; the output goes back as (1, tokens, h, d)
-    out = call_kernel(
-        load_kernel(),
-        query[0].transpose(0, 1),
-        key[0].transpose(0, 1),
-        value[0].transpose(0, 1),
-        cumulative,
-        longest,
-        scaling,
-    )
+    q, k, v = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))
+    out = call_kernel(load_kernel(), q, k, v, cumulative, longest, scaling)
     return out.unsqueeze(0), None
 
 
