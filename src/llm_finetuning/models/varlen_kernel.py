@@ -131,11 +131,7 @@ def torch_varlen_attention(
     transformers' sdpa otherwise."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     usable = (
-        attention_mask is None
-        and causal
-        and dropout == 0.0
-        and query.shape[0] == 1
-        and query.shape[2] == key.shape[2]
+        attention_mask is None and causal and dropout == 0.0 and query.shape[0] == 1 and query.shape[2] == key.shape[2]
     )
     dtype = kernel_dtype(query) if usable else None
     bounds = row_bounds(kwargs, query.shape[2], query.device) if dtype is not None else None
