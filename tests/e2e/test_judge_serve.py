@@ -120,14 +120,14 @@ def scoring_url(tmp_path_factory):
     process.wait(timeout=30)
 
 
-def judge(url: str, tmp_path, **options) -> JudgeClient:
+def judge(url: str, model: str, tmp_path, **options) -> JudgeClient:
     options = {"cache": str(tmp_path / "cache"), "max_tokens": 16, "max_retries": 1, "backoff_s": 0.01, **options}
-    return JudgeClient(JudgeConfig(base_url=url, model="any", **options))
+    return JudgeClient(JudgeConfig(base_url=url, model=model, **options))
 
 
 def test_a_garbage_judge_falls_back_on_every_completion_and_counts_it(garbage_url, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("LLMFT_JUDGE_API_KEY", raising=False)
-    with judge(garbage_url, tmp_path, fallback_score=0.2) as client:
+    with judge(garbage_url, "tiny-random", tmp_path, fallback_score=0.2) as client:
         reward = get_reward("judge_multihop").build(client)
         with caplog.at_level(logging.DEBUG, logger="llm_finetuning.judge"):
             assert reward(**BATCH) == [0.2] * 4
@@ -142,7 +142,7 @@ def test_a_garbage_judge_falls_back_on_every_completion_and_counts_it(garbage_ur
 def test_the_served_judge_scores_over_real_http(scoring_url, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("E2E_JUDGE_KEY", KEY)
     with caplog.at_level(logging.DEBUG):
-        with judge(scoring_url, tmp_path, api_key_env="E2E_JUDGE_KEY") as client:
+        with judge(scoring_url, "scorer", tmp_path, api_key_env="E2E_JUDGE_KEY") as client:
             relevancy = get_reward("judge_relevancy").build(client)
             multihop = get_reward("judge_multihop").build(client)
             # `Score: 4` -> (4 - 1) / 4; the criteria rubric reads it as an overall score.
@@ -158,7 +158,7 @@ def test_the_served_judge_scores_over_real_http(scoring_url, tmp_path, monkeypat
 
 def test_a_wrong_key_is_a_counted_fallback_not_retried(scoring_url, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("E2E_JUDGE_KEY", "wrong-key")
-    with judge(scoring_url, tmp_path, api_key_env="E2E_JUDGE_KEY", cache=False, max_retries=3) as client:
+    with judge(scoring_url, "scorer", tmp_path, api_key_env="E2E_JUDGE_KEY", cache=False, max_retries=3) as client:
         reward = get_reward("judge_relevancy").build(client)
         with caplog.at_level(logging.WARNING, logger="llm_finetuning.judge"):
             assert reward(prompts=["Who?"], completions=["Me"]) == [0.0]
