@@ -87,7 +87,10 @@ def test_text_completion_and_stop_strings(served):
     ("body", "message"),
     [
         ({"messages": []}, "`messages` must be a non-empty list"),
-        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10_000}, "`max_tokens` must be an integer in [1, 32]"),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "max_tokens": 10_000},
+            "`max_tokens` must be an integer in [1, 32]",
+        ),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "`temperature` must be a number"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "`messages[0]` needs a role"),
     ],

@@ -170,7 +170,8 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServerLimits 
         try:
             text = await run_in_threadpool(engine.render, parsed.params.model, parsed.messages)
         except Exception as exc:  # the run's chat template refusing a conversation (roles, order) is a 400
-            raise bad(f"the chat template of `{parsed.params.model}` refused these messages: {exc}", "messages") from None
+            message = f"the chat template of `{parsed.params.model}` refused these messages: {exc}"
+            raise bad(message, "messages") from None
         return await generate(request, "chat", parsed.params, text)
 
     @app.post("/v1/completions")
