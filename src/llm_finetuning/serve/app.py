@@ -72,7 +72,9 @@ class AccessLog:
             self.metrics.requests.labels(endpoint, str(status[0])).inc()
             self.metrics.latency.labels(endpoint).observe(elapsed)
             client = scope.get("client") or ("-", 0)
-            logger.info('%s "%s %s" %d %.3fs', client[0], scope.get("method"), path[:120], status[0], elapsed)
+            note = (scope.get("state") or {}).get("note")  # what ended the request early, set by the app
+            suffix = f" ({note})" if note else ""
+            logger.info('%s "%s %s" %d %.3fs%s', client[0], scope.get("method"), path[:120], status[0], elapsed, suffix)
 
 
 @dataclass
@@ -205,7 +207,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServerLimits 
         ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         deadline = started + limits.request_timeout_s
         if params.stream:
-            stream = _stream(kind, ident, params, tickets, outcome, deadline, started, metrics)
+            stream = _stream(kind, ident, params, tickets, outcome, deadline, started, metrics, request)
             return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         watch = asyncio.create_task(_wait_disconnect(request))
         work = asyncio.create_task(_collect(params.n, outcome, started, params.model, metrics))
@@ -218,7 +220,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServerLimits 
                 ticket.cancel()
             metrics.cancelled.inc()
             if watch in finished:
-                logger.info("client went away: %s cancelled", ident)
+                request.state.note = f"client went away: {ident} cancelled"
                 return Response(status_code=499)
             watch.cancel()
             raise ApiError(
@@ -338,6 +340,7 @@ async def _stream(
     deadline: float,
     started: float,
     metrics: Metrics,
+    request: Request,
 ) -> AsyncIterator[str]:
     created = int(time.time())
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -392,5 +395,5 @@ async def _stream(
             for ticket in tickets:
                 ticket.cancel()
             metrics.cancelled.inc()
-            if not all(t.done for t in tickets):
-                logger.info("stream %s ended early (client gone or time limit): generation cancelled", ident)
+            if not all(t.done for t in tickets):  # the access line says so: one line per request
+                request.state.note = f"stream {ident} ended early (client gone or time limit): generation cancelled"

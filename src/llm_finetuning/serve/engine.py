@@ -170,6 +170,10 @@ class Engine:
         for ticket in waiting:
             self._finish(ticket, "cancelled")
         self._worker.join(timeout)
+        if not self._worker.is_alive():
+            # FastAPI keeps the app's endpoints (closures over this engine) in process-wide caches: the weights
+            # must not live as long as those, or every server started in a process leaks its model.
+            self.model = None
 
     # ------------------------------------------------------------------ worker
     def _adapters_mixable(self) -> bool:

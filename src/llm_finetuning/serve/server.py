@@ -83,7 +83,16 @@ def create_server(
     api_key: str | None = None,
     limits: ServerLimits | None = None,
 ) -> Server:
-    """The server, bound but not yet serving (call `serve_forever`). Non-loopback hosts need an API key."""
-    if not is_loopback(host) and not api_key:
-        raise UserError(f"serving on {host} (beyond this machine) needs an API key: pass --api-key or LLMFT_API_KEY")
-    return Server(engine, host, port, api_key, limits or ServerLimits())
+    """The server, bound but not yet serving (call `serve_forever`). Non-loopback hosts need an API key.
+
+    The server owns the engine: when it cannot be created, the engine is closed (its worker thread would
+    otherwise keep the model alive for the rest of the process)."""
+    try:
+        if not is_loopback(host) and not api_key:
+            raise UserError(
+                f"serving on {host} (beyond this machine) needs an API key: pass --api-key or LLMFT_API_KEY"
+            )
+        return Server(engine, host, port, api_key, limits or ServerLimits())
+    except BaseException:
+        engine.close()
+        raise
