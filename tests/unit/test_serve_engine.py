@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http import HTTPStatus
 
 import pytest
@@ -113,6 +114,49 @@ def test_rows_of_one_batch_stop_on_their_own(engine):
     assert short.wait().last.reason == "length" and short.last.completion_tokens == 3
     assert stopped.wait().last.reason == "stop"
     assert stopped.text == full[: full.index(stop)]  # cut before the stop string, which is not sent
+
+
+def recorded(e: Engine) -> list[int]:
+    sizes: list[int] = []
+    run = e._run
+    e._run = lambda batch: (sizes.append(len(batch)), run(batch))[1]
+    return sizes
+
+
+def submit_all(e: Engine, count: int) -> list[Sink]:
+    sinks = [Sink() for _ in range(count)]
+    e.submit([ticket(e, PROMPTS[i % len(PROMPTS)], s, max_tokens=4) for i, s in enumerate(sinks)])
+    return sinks
+
+
+def clients_that_come_back_apart(e: Engine) -> list[int]:
+    """Four clients answered in one batch come back one, then three a moment later."""
+    sizes = recorded(e)
+    [s.wait() for s in submit_all(e, 4)]
+    first = submit_all(e, 1)
+    time.sleep(0.3)
+    [s.wait() for s in first + submit_all(e, 3)]
+    return sizes
+
+
+def test_clients_coming_back_after_a_batch_meet_in_the_next_one(engine):
+    # Without the wait the one who came back first runs alone and the groups take turns from then on.
+    assert clients_that_come_back_apart(engine(gather_s=0.0)) == [4, 1, 3]
+    assert clients_that_come_back_apart(engine(gather_s=5.0)) == [4, 4]
+
+
+def test_a_lone_client_and_an_idle_engine_never_wait_to_gather(engine):
+    e = engine(gather_s=5.0)
+    sizes = recorded(e)
+    start = time.monotonic()
+    for _ in range(3):  # each request's previous batch had one row: nobody else to wait for
+        [s.wait() for s in submit_all(e, 1)]
+    assert time.monotonic() - start < 5.0 and sizes == [1, 1, 1]
+    e.gather_s = 0.2
+    [s.wait() for s in submit_all(e, 4)]
+    time.sleep(0.4)  # idle for longer than the window: the next request starts at once, alone
+    [s.wait() for s in submit_all(e, 1)]
+    assert sizes[-2:] == [4, 1]
 
 
 def test_a_cancelled_row_stops_and_frees_its_slot(engine):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -289,18 +290,25 @@ class FakePopen:
         return self.process
 
 
-def test_api_key_in_command_masked_in_logs(tmp_path: Path, workdir: Path, caplog) -> None:
+def test_api_key_goes_through_the_environment_and_never_into_logs(tmp_path: Path, workdir: Path, caplog) -> None:
     model = full_model(tmp_path / "model")
-    result = make_plan(model, workdir=workdir, api_key="s3cret-key", extra_args=["--api-key=s3cret-two"])
-    assert result.command[result.command.index("--api-key") + 1] == "s3cret-key"
+    result = make_plan(model, workdir=workdir, api_key="s3cret-key", extra_args=["--api-key", "s3cret-two"])
+    # The key on a command line is readable by every user of the machine (`ps`); vLLM reads VLLM_API_KEY too.
+    assert "s3cret-key" not in result.command and result.env == {"VLLM_API_KEY": "s3cret-key"}
+    popen = FakePopen(FakeProcess(0))
     with caplog.at_level(logging.DEBUG, logger=vllm_backend.__name__):
-        run(result, popen=FakePopen(FakeProcess(0)))
-    assert "--api-key '***'" in caplog.text and "--api-key=***" in caplog.text
+        run(result, popen=popen)
+    assert popen.calls[0][1]["env"]["VLLM_API_KEY"] == "s3cret-key"
+    assert popen.calls[0][1]["env"]["PATH"] == os.environ["PATH"]  # the rest of the environment is inherited
+    # A key the user passes through on purpose is still masked in what is logged.
+    assert "--api-key '***'" in caplog.text
     assert "s3cret" not in caplog.text and "s3cret" not in result.display()
+    assert "--api-key=***" in make_plan(model, workdir=workdir, api_key=None, extra_args=["--api-key=x1"]).display()
 
 
 def test_no_api_key_no_flag(tmp_path: Path, workdir: Path) -> None:
-    assert "--api-key" not in make_plan(full_model(tmp_path / "model"), workdir=workdir, api_key="").command
+    result = make_plan(full_model(tmp_path / "model"), workdir=workdir, api_key="")
+    assert "--api-key" not in result.command and result.env == {}
 
 
 def test_check_available_refusals() -> None:
@@ -323,7 +331,7 @@ def test_run_starts_command_and_returns_exit_code(tmp_path: Path, workdir: Path)
     result = make_plan(full_model(tmp_path / "model"), workdir=workdir)
     popen = FakePopen(FakeProcess(3))
     assert run(result, popen=popen) == 3
-    assert popen.calls == [(result.command, {})]  # stdio inherited: nothing redirected
+    assert popen.calls == [(result.command, {"env": {**os.environ}})]  # stdio inherited: nothing redirected
     assert run(result, popen=FakePopen(FakeProcess(-15))) == 143  # ended by SIGTERM, as a shell reports it
 
 

@@ -27,13 +27,12 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llm_finetuning.errors import UserError
+from llm_finetuning.models import fast_path
 from llm_finetuning.serve.loading import _adapter_base, _same, resolve, trained_length
 
 logger = logging.getLogger(__name__)
@@ -61,6 +60,9 @@ class VllmPlan:
     served_model_name: str
     """The name vLLM serves `base_model` under (`model_id`, or `<model_id>-base` for an adapter target)."""
     context_length: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables set for the child on top of this environment: the API key travels here (VLLM_API_KEY), not on
+    the command line, where any user of the machine could read it in `ps`."""
 
     def model_ids(self) -> list[str]:
         return [self.served_model_name, *self.adapters]
@@ -72,7 +74,7 @@ class VllmPlan:
 
 def check_available(
     importer: Callable[[str], Any] = importlib.util.find_spec,
-    cuda: Callable[[], bool] = torch.cuda.is_available,
+    cuda: Callable[[], bool] | None = None,
 ) -> None:
     """Refuse, naming the fix, where vLLM cannot run: the package is missing or there is no CUDA GPU."""
     if importer("vllm") is None:
@@ -80,7 +82,7 @@ def check_available(
             "--engine vllm needs vLLM: install the `vllm` extra: pip install 'llm-finetuning[vllm]' "
             "(on a machine with a CUDA GPU); the embedded engine, --engine embedded, works everywhere"
         )
-    if not cuda():
+    if not (cuda() if cuda is not None else fast_path.detect().device == "cuda"):
         raise UserError("--engine vllm: vLLM needs a CUDA GPU and none is visible here; use --engine embedded")
 
 
@@ -172,8 +174,6 @@ def plan(
     if tokenizer is not None:
         command += ["--tokenizer", str(tokenizer)]
     command += ["--host", host, "--port", str(port)]
-    if api_key:
-        command += ["--api-key", api_key]
     if context_length:
         command += ["--max-model-len", str(context_length)]
     if max_batch_size:
@@ -194,6 +194,7 @@ def plan(
         base_model=base,
         served_model_name=served_name,
         context_length=context_length,
+        env={"VLLM_API_KEY": api_key} if api_key else {},
     )
 
 
@@ -203,7 +204,7 @@ def run(
     """Start the server (it inherits stdin/stdout/stderr), wait for it, return its exit status (128 + N for a
     child ended by signal N, as a shell reports it). Ctrl-C stops it: SIGTERM, then SIGKILL after `grace_s`."""
     logger.info("starting vLLM serving %s: %s", ", ".join(plan.model_ids()), plan.display())
-    process = popen(plan.command)
+    process = popen(plan.command, env={**os.environ, **plan.env})
     try:
         code = process.wait()
     except KeyboardInterrupt:
