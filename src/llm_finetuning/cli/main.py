@@ -21,6 +21,7 @@ from llm_finetuning.cli import (
     rewards_cmd,
     serve_cmd,
     train_cmd,
+    ui_cmd,
 )
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.command("generate")(generate_cmd.generate)
 app.command("chat")(generate_cmd.chat)
 app.command("serve")(serve_cmd.serve)
 app.command("quickstart")(quickstart_cmd.quickstart)
+app.command("ui")(ui_cmd.ui)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(rewards_cmd.app, name="rewards")

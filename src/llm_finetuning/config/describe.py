@@ -20,6 +20,19 @@ class KeyInfo:
     default: str
     description: str
     variant: str = ""  # for options of one member of a tagged union: e.g. `adapter.method: lora`
+    annotation: Any = None
+    """The field's type as pydantic holds it: what the UI builds its input from."""
+    default_value: Any = None
+    """The default itself (`REQUIRED` when there is none)."""
+
+
+REQUIRED = object()
+
+
+def _default_value(field: Any) -> Any:
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return REQUIRED
+    return field.get_default(call_default_factory=True)
 
 
 def _type_name(annotation: Any) -> str:
@@ -54,7 +67,17 @@ def describe(model: type[BaseModel] = Config, prefix: str = "", variant: str = "
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         nested = model_classes(field.annotation)
-        rows.append(KeyInfo(key, _type_name(field.annotation), _default(field), field.description or "", variant))
+        rows.append(
+            KeyInfo(
+                key,
+                _type_name(field.annotation),
+                _default(field),
+                field.description or "",
+                variant,
+                field.annotation,
+                _default_value(field),
+            )
+        )
         if len(nested) == 1 and typing.get_origin(field.annotation) is not list:
             rows.extend(describe(nested[0], f"{key}.", variant))
         elif len(nested) == 1:
@@ -73,5 +96,12 @@ def _union_rows(members: list[type[BaseModel]], key: str) -> list[KeyInfo]:
         tag = str(member.model_fields[tag_name].default) if tag_name else member.__name__
         for row in describe(member, f"{key}."):
             if not row.key.endswith(f".{tag_name}"):
-                merged.setdefault((row.key, row.type, row.default, row.description), []).append(tag)
-    return [KeyInfo(k, t, d, text, f"{key}.{tag_name}: {' | '.join(tags)}") for (k, t, d, text), tags in merged.items()]
+                merged.setdefault((row.key, row.type, row.default, row.description), []).append((tag, row))
+    return [
+        KeyInfo(k, t, d, text, f"{key}.{tag_name}: {' | '.join(tag for tag, _ in found)}", *_typed(found[0][1]))
+        for (k, t, d, text), found in merged.items()
+    ]
+
+
+def _typed(row: KeyInfo) -> tuple[Any, Any]:
+    return row.annotation, row.default_value

@@ -137,16 +137,27 @@ def _first_key_named(message: str, locations: dict[KeyPath, str]) -> KeyPath:
     return keys[0] if keys else ()
 
 
-def format_validation_error(exc: ValidationError, locations: dict[KeyPath, str]) -> str:
-    """One line per problem: `file:line: key.path: what is wrong and what to do`."""
-    lines = []
+def _problems(exc: ValidationError, locations: dict[KeyPath, str]) -> list[tuple[KeyPath, str]]:
+    problems = []
     for error in exc.errors():
         path, owner, siblings = _walk(tuple(error["loc"]))
         if not path and error["type"] == "value_error":
             path = _first_key_named(error["msg"], locations)
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path = (*path, str(error.get("ctx", {}).get("discriminator", "")).strip("'"))
-        lines.append(f"{_where(path, locations)}: {_dotted(path)}: {_describe(error, path, owner, siblings)}")
+        problems.append((path, _describe(error, path, owner, siblings)))
+    return problems
+
+
+def validation_problems(exc: ValidationError, locations: dict[KeyPath, str] | None = None) -> list[tuple[str, str]]:
+    """(dotted key, what is wrong and what to do) per problem, duplicates dropped: what the UI shows at each
+    field, and what `format_validation_error` prints with the file and line."""
+    return list(dict.fromkeys((_dotted(path), message) for path, message in _problems(exc, locations or {})))
+
+
+def format_validation_error(exc: ValidationError, locations: dict[KeyPath, str]) -> str:
+    """One line per problem: `file:line: key.path: what is wrong and what to do`."""
+    lines = [f"{_where(path, locations)}: {_dotted(path)}: {message}" for path, message in _problems(exc, locations)]
     count = len(lines)
     head = f"Invalid config ({count} problem{'s' if count > 1 else ''}):"
     return "\n".join([head, *("  " + line for line in dict.fromkeys(lines))])

@@ -166,6 +166,7 @@ def start_manifest(run: RunDir, config: Config) -> dict[str, Any]:
         finished_at=None,
         command=sys.argv,
         host=socket.gethostname(),
+        pid=os.getpid(),  # with `host`: a "running" run whose process is gone was killed (`llmft ui` shows it)
         seed=config.training.seed,
         method=config.method.name,
         adapter=config.adapter.method,

@@ -1,0 +1,284 @@
+"""`llmft ui`: the Gradio app. Widgets and wiring only; what they do lives in `form`, `runs` and `jobs`, which call
+the same functions as the CLI (the config loader and schema, `llmft train` itself as the process that trains).
+
+Pages: New run (recipe or blank, the schema's fields by section, the YAML beside them, validation at the field,
+launch) and Runs (the run directories under the folder with their status, curves of one run or several, stop and
+resume, the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import yaml
+
+from llm_finetuning.errors import UserError
+from llm_finetuning.recipes.catalog import all_recipes, find_recipe, merged
+from llm_finetuning.ui import form, jobs
+from llm_finetuning.ui import runs as runs_mod
+
+logger = logging.getLogger(__name__)
+
+SECTION_TITLES = {
+    "model": "Model",
+    "adapter": "Adapter",
+    "data": "Data",
+    "method": "Method",
+    "training": "Training",
+    "eval": "Evaluation",
+    "tracking": "Tracking",
+    "distributed": "Distributed",
+    "output_dir": "Output",
+}
+OPEN_SECTIONS = {"model", "adapter", "data", "method", "training", "output_dir"}
+CURVES = ("loss", "learning_rate", "eval_loss", "reward", "grad_norm")
+CSS = ".llmft-error textarea, .llmft-error input { border-color: #d33 !important; }"
+
+
+def elem_id(key: str) -> str:
+    """A DOM id for a field: tests and screenshots find fields by it."""
+    return "field-" + re.sub(r"[^A-Za-z0-9_-]", "-", key)
+
+
+def _initial(field: form.Field) -> Any:
+    if field.kind == "yaml":
+        return "" if field.default is None else yaml.safe_dump(field.default, default_flow_style=True).strip()
+    return field.default
+
+
+def _widget(field: form.Field, visible: bool) -> Any:
+    common = {"label": field.key, "info": field.description or None, "elem_id": elem_id(field.id), "visible": visible}
+    value = _initial(field)
+    if field.kind == "bool":
+        return gr.Checkbox(value=bool(value), **common)
+    if field.kind == "choice":
+        choices = list(field.choices) + ([""] if field.nullable else [])
+        return gr.Dropdown(choices=choices, value=value if value is not None else "", **common)
+    if field.kind in ("int", "float") and value is not None:  # a number input cannot be empty: null ones are text
+        return gr.Number(value=value, precision=0 if field.kind == "int" else None, **common)
+    return gr.Textbox(value="" if value is None else str(value), lines=1, max_lines=6, **common)
+
+
+def _visibility(fields: list[form.Field], values: dict[str, Any]) -> list[bool]:
+    tags = form.tag_fields(fields)
+    return [form.active(f, values, tags) for f in fields]
+
+
+def build(folder: Path) -> gr.Blocks:
+    """The app over the run folder `folder` (configs and logs are written there; runs are found under it)."""
+    folder = Path(folder)
+    fields = form.fields()
+    keys = [f.id for f in fields]
+    recipe_names = ["(blank)"] + [r.name for r in all_recipes()]
+
+    with gr.Blocks(title="llmft") as app:
+        gr.Markdown("# llmft")
+        with gr.Tab("New run", id="new-run"):
+            with gr.Row():
+                recipe = gr.Dropdown(recipe_names, value="(blank)", label="Start from a recipe", elem_id="recipe")
+                name = gr.Textbox(value="my-run", label="Run name (the config file's name)", elem_id="run-name")
+            with gr.Row():
+                with gr.Column(scale=3):
+                    widgets: list[Any] = []
+                    shown = dict(zip(keys, _visibility(fields, form.defaults(fields)), strict=True))
+                    for section in SECTION_TITLES:
+                        members = [f for f in fields if f.section == section]
+                        if not members:
+                            continue
+                        with gr.Accordion(SECTION_TITLES[section], open=section in OPEN_SECTIONS):
+                            for field in members:
+                                widgets.append(_widget(field, shown[field.id]))
+                with gr.Column(scale=2):
+                    config_yaml = gr.Code(language="yaml", label="config YAML", elem_id="config-yaml")
+                    status = gr.Markdown(elem_id="form-status")
+                    with gr.Row():
+                        validate_button = gr.Button("Validate", elem_id="validate")
+                        save_button = gr.DownloadButton("Download YAML", elem_id="download")
+                        launch_button = gr.Button("Launch", variant="primary", elem_id="launch")
+                    launched = gr.Markdown(elem_id="launched")
+
+        def values_of(args: tuple[Any, ...]) -> dict[str, Any]:
+            return dict(zip(keys, args, strict=True))
+
+        def refresh(*args: Any) -> list[Any]:
+            values = values_of(args)
+            try:
+                data = form.config_data(values, fields)
+            except form.FormError as exc:
+                return [gr.update(), f"**{exc.key}**: {exc.message}"] + [
+                    gr.update(visible=v) for v in _visibility(fields, values)
+                ]
+            return [form.to_yaml(data), ""] + [gr.update(visible=v) for v in _visibility(fields, values)]
+
+        def marked(values: dict[str, Any]) -> tuple[list[Any], list[tuple[str, str]], dict[str, Any]]:
+            data, found = form.problems(values, fields)
+            at: dict[str, list[str]] = {}
+            general = []
+            for key, message in found:
+                target = form.field_for(key, fields)
+                if target is None:
+                    general.append((key, message))
+                else:
+                    at.setdefault(target.id, []).append(f"{key}: {message}" if key != target.key else message)
+            updates = []
+            for field in fields:
+                if field.id in at:
+                    updates.append(gr.update(info="⚠ " + "; ".join(at[field.id]), elem_classes=["llmft-error"]))
+                else:
+                    updates.append(gr.update(info=field.description or None, elem_classes=[]))
+            return updates, found, data
+
+        def summary(found: list[tuple[str, str]]) -> str:
+            if not found:
+                return "✅ valid: `llmft train` accepts this config"
+            lines = "\n".join(f"- `{key}`: {message}" for key, message in found)
+            return f"❌ {len(found)} problem{'s' if len(found) > 1 else ''}:\n{lines}"
+
+        def validate(*args: Any) -> list[Any]:
+            updates, found, _ = marked(values_of(args))
+            return [summary(found), *updates]
+
+        def save(run_name: str, *args: Any) -> Any:
+            try:
+                data = form.config_data(values_of(args), fields)
+                return jobs.write_config(folder, run_name, form.to_yaml(data))
+            except (form.FormError, UserError) as exc:
+                raise gr.Error(str(exc)) from None
+
+        def launch(run_name: str, *args: Any) -> list[Any]:
+            values = values_of(args)
+            updates, found, data = marked(values)
+            if found:
+                return [summary(found), "", *updates]
+            data.setdefault("output_dir", str(folder / run_name))
+            try:
+                started = jobs.launch(folder, run_name, form.to_yaml(data))
+            except UserError as exc:
+                return [f"❌ {exc}", "", *updates]
+            shown = " ".join(started.command[2:])
+            note = (
+                f"Started `{run_name}` (pid {started.pid}) in `{started.run_dir}`: `llmft {shown.split(' ', 1)[1]}`; "
+                f"its output goes to `{started.log}`. Follow it on the Runs page."
+            )
+            return [summary(found), note, *updates]
+
+        def from_recipe(choice: str) -> list[Any]:
+            values = {f.id: _initial(f) for f in fields}
+            if choice != "(blank)":
+                found = find_recipe(choice)
+                values |= form.values_from_config(merged(found) if found is not None else {}, fields)
+            new_name = choice.rsplit("/", 1)[-1] if choice != "(blank)" else "my-run"
+            return [new_name] + [gr.update(value=values[f.id]) for f in fields]
+
+        outputs_refresh = [config_yaml, status, *widgets]
+        gr.on([w.change for w in widgets], refresh, inputs=widgets, outputs=outputs_refresh)
+        app.load(refresh, inputs=widgets, outputs=outputs_refresh)
+        recipe.change(from_recipe, inputs=recipe, outputs=[name, *widgets])
+        validate_button.click(validate, inputs=widgets, outputs=[status, *widgets])
+        save_button.click(save, inputs=[name, *widgets], outputs=save_button)
+        launch_button.click(launch, inputs=[name, *widgets], outputs=[status, launched, *widgets])
+
+        with gr.Tab("Runs", id="runs"):
+            runs_table = gr.DataFrame(
+                headers=runs_mod.TABLE_HEADERS, label=f"Runs under {folder}", interactive=False, elem_id="runs-table"
+            )
+            with gr.Row():
+                chosen = gr.Dropdown([], label="Run", elem_id="run-choice")
+                compare = gr.Dropdown([], multiselect=True, label="Compare curves of", elem_id="run-compare")
+                metric = gr.Dropdown(list(CURVES), value="loss", label="Curve", elem_id="curve")
+            detail = gr.Markdown(elem_id="run-detail")
+            plot = gr.LinePlot(x="step", y="value", color="run", label="curves", elem_id="run-plot")
+            with gr.Row():
+                stop_button = gr.Button("Stop (checkpoint, then interrupted)", elem_id="stop")
+                resume_button = gr.Button("Resume from the last checkpoint", elem_id="resume")
+            log_tail = gr.Textbox(label="log", lines=12, max_lines=12, elem_id="run-log")
+            timer = gr.Timer(2.0)
+
+        def run_paths() -> dict[str, Path]:
+            return {str(r.path.relative_to(folder)): r.path for r in runs_mod.list_runs(folder)}
+
+        def poll(current: str | None, together: list[str] | None, curve: str) -> list[Any]:
+            listed = runs_mod.list_runs(folder)
+            names = [str(r.path.relative_to(folder)) for r in listed]
+            current = current if current in names else (names[0] if names else None)
+            info = next((r for r in listed if str(r.path.relative_to(folder)) == current), None)
+            shown = [current] if current else []
+            shown += [n for n in (together or []) if n in names and n != current]
+            return [
+                pd.DataFrame(runs_mod.table(listed), columns=runs_mod.TABLE_HEADERS),
+                gr.update(choices=names, value=current),
+                gr.update(choices=names, value=[n for n in (together or []) if n in names]),
+                _detail(info),
+                _curves(folder, shown, curve),
+                _log(folder, info),
+            ]
+
+        poll_outputs = [runs_table, chosen, compare, detail, plot, log_tail]
+        timer.tick(poll, inputs=[chosen, compare, metric], outputs=poll_outputs)
+        app.load(poll, inputs=[chosen, compare, metric], outputs=poll_outputs)
+        for trigger in (chosen.change, compare.change, metric.change):
+            trigger(poll, inputs=[chosen, compare, metric], outputs=poll_outputs)
+
+        def do_stop(current: str | None) -> str:
+            path = run_paths().get(current or "")
+            if path is None:
+                return "choose a run"
+            try:
+                return f"asked pid {jobs.stop(path)} to stop: it saves a checkpoint after this step"
+            except UserError as exc:
+                return f"❌ {exc}"
+
+        def do_resume(current: str | None) -> str:
+            path = run_paths().get(current or "")
+            if path is None:
+                return "choose a run"
+            try:
+                started = jobs.resume(folder, path)
+            except UserError as exc:
+                return f"❌ {exc}"
+            return f"resumed (pid {started.pid}); output in `{started.log}`"
+
+        stop_button.click(do_stop, inputs=chosen, outputs=detail)
+        resume_button.click(do_resume, inputs=chosen, outputs=detail)
+    return app
+
+
+def _detail(info: runs_mod.RunInfo | None) -> str:
+    if info is None:
+        return "No run directories yet. Launch one from **New run**."
+    lines = [f"**{info.name}**: {info.status}", f"method {info.method}, adapter {info.adapter}, model {info.model}"]
+    if info.step is not None:
+        lines.append(f"step {info.step}")
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in info.last.items() if isinstance(v, float))
+    if metrics:
+        lines.append(f"last: {metrics}")
+    if info.error:
+        lines.append(f"error: {info.error}")
+    if info.checkpoint is not None:
+        lines.append(f"resumable from `{info.checkpoint.name}`")
+    return "  \n".join(lines)
+
+
+def _curves(folder: Path, names: list[str], curve: str) -> pd.DataFrame:
+    rows = []
+    for name in names:
+        for record in runs_mod.read_metrics(folder / name):
+            value = record.get(curve)
+            if isinstance(value, int | float) and record.get("step") is not None:
+                rows.append({"step": record["step"], "value": float(value), "run": name})
+    return pd.DataFrame(rows, columns=["step", "value", "run"])
+
+
+def _log(folder: Path, info: runs_mod.RunInfo | None) -> str:
+    if info is None:
+        return ""
+    log = folder / f"{info.name}.log"
+    if not log.is_file():
+        return ""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-40:])
