@@ -112,6 +112,11 @@ def text_of(driver, elem: str) -> str:
     return driver.find_element(By.ID, elem).text
 
 
+def value_of(driver, elem: str) -> str:
+    """What a dropdown or text input holds (an input's value is not part of its text)."""
+    return field(driver, elem).get_attribute("value") or ""
+
+
 def wait_for(driver, condition, timeout: float = 60, what: str = ""):
     return WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: condition(d), message=what)
 
@@ -158,3 +163,42 @@ def test_fill_validate_fix_launch_and_watch_a_run_finish(ui, browser):
     manifest = json.loads((ui["folder"] / "my-run" / "manifest.json").read_text())
     assert manifest["status"] == "completed" and str(config_file) in manifest["command"]
     assert (ui["folder"] / "my-run" / "final").is_dir()
+
+
+def open_tab(driver, name: str) -> None:
+    driver.find_element(By.XPATH, f"//button[@role='tab' and contains(., '{name}')]").click()
+
+
+def test_chat_with_the_run_and_its_base_side_by_side(ui, browser):
+    driver = browser
+    open_tab(driver, "Chat")
+    wait_for(driver, lambda d: value_of(d, "chat-run-choice") == "my-run", what="the completed run offered")
+    click(driver, "chat-start")
+    wait_for(driver, lambda d: "✅" in text_of(d, "chat-status"), timeout=180, what="the chat server")
+    assert "base" in text_of(driver, "chat-status")
+    type_into(driver, "chat-prompt", "Spell alpha")
+    click(driver, "chat-send")
+
+    def answered(d) -> bool:
+        bots = [d.find_element(By.ID, e) for e in ("chat-run", "chat-base")]
+        return all(len(b.text.replace("Spell alpha", "").strip()) > 0 for b in bots)
+
+    wait_for(driver, answered, timeout=120, what="both answers")
+    assert "⚠" not in text_of(driver, "chat-run") and "⚠" not in text_of(driver, "chat-base")
+    shoot(driver, ui, "ui-chat")
+
+
+def test_export_buttons_write_where_they_say(ui, browser):
+    driver = browser
+    open_tab(driver, "Export")
+    wait_for(driver, lambda d: value_of(d, "export-run-choice") == "my-run", what="the completed run offered")
+    run = ui["folder"] / "my-run"
+    click(driver, "export-merge")
+    wait_for(driver, lambda d: "merged" in text_of(d, "export-result"), timeout=120, what="the merge")
+    assert (run / "merged" / "config.json").is_file()
+    click(driver, "export-ollama")
+    wait_for(driver, lambda d: "exported to" in text_of(d, "export-result"), timeout=180, what="the Ollama export")
+    assert "Modelfile" in text_of(driver, "export-result")
+    assert (run / "export-ollama" / "Modelfile").is_file()
+    assert str(run / "export-ollama") in text_of(driver, "export-result")
+    shoot(driver, ui, "ui-export")

@@ -6,9 +6,6 @@ import typer
 
 from llm_finetuning.cli.common import console, setup_logging, user_errors
 
-FORMATS = ("hf", "gguf", "ollama")
-GGUF_TYPES = ("f16", "bf16", "q8_0", "f32")
-
 
 @user_errors
 def export(
@@ -21,23 +18,7 @@ def export(
     with the tokenizer and chat template embedded; `ollama` that GGUF file plus a Modelfile whose template,
     parameters and stop tokens come from the trained chat template."""
     setup_logging()
-    from llm_finetuning.errors import UserError
+    from llm_finetuning.export.run_export import export_run
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}.")
-    if outtype not in GGUF_TYPES:
-        raise UserError(f"--outtype {outtype}: choose one of {', '.join(GGUF_TYPES)}.")
-    destination = output or f"{run_dir.rstrip('/')}/export-{fmt}"
-    if fmt == "hf":
-        from llm_finetuning.export.hf import export_hf
-
-        path = export_hf(run_dir, destination)
-    elif fmt == "gguf":
-        from llm_finetuning.export.gguf import export_gguf
-
-        path = export_gguf(run_dir, destination, outtype)
-    else:
-        from llm_finetuning.export.ollama import export_ollama
-
-        path = export_ollama(run_dir, destination, outtype)
+    path = export_run(run_dir, fmt, outtype, output)
     console.print(f"exported to {path}", soft_wrap=True)

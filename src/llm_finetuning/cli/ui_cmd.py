@@ -51,3 +51,4 @@ def ui(
         pass
     finally:
         app.close()
+        app.llmft_sessions.close()

@@ -9,7 +9,9 @@ resume, the log).
 from __future__ import annotations
 
 import logging
+import queue
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,11 @@ import pandas as pd
 import yaml
 
 from llm_finetuning.errors import UserError
+from llm_finetuning.export.lora_merge import merge_run
+from llm_finetuning.export.run_export import GGUF_TYPES
+from llm_finetuning.export.run_export import export_run as export_run_files
 from llm_finetuning.recipes.catalog import all_recipes, find_recipe, merged
-from llm_finetuning.ui import form, jobs
+from llm_finetuning.ui import chat, form, jobs
 from llm_finetuning.ui import runs as runs_mod
 
 logger = logging.getLogger(__name__)
@@ -72,6 +77,7 @@ def _visibility(fields: list[form.Field], values: dict[str, Any]) -> list[bool]:
 def build(folder: Path) -> gr.Blocks:
     """The app over the run folder `folder` (configs and logs are written there; runs are found under it)."""
     folder = Path(folder)
+    sessions = _Sessions()
     fields = form.fields()
     keys = [f.id for f in fields]
     recipe_names = ["(blank)"] + [r.name for r in all_recipes()]
@@ -245,7 +251,154 @@ def build(folder: Path) -> gr.Blocks:
 
         stop_button.click(do_stop, inputs=chosen, outputs=detail)
         resume_button.click(do_resume, inputs=chosen, outputs=detail)
+
+        with gr.Tab("Chat", id="chat") as chat_tab:
+            with gr.Row():
+                chat_run = gr.Dropdown([], label="Run (completed)", elem_id="chat-run-choice")
+                chat_start = gr.Button("Start chat server", elem_id="chat-start")
+            chat_status = gr.Markdown(elem_id="chat-status")
+            with gr.Row():
+                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature", elem_id="chat-temp")
+                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top_p", elem_id="chat-top-p")
+                max_tokens = gr.Slider(1, 1024, value=128, step=1, label="max_tokens", elem_id="chat-max-tokens")
+            with gr.Row():
+                run_chat = gr.Chatbot(label="the run", elem_id="chat-run", height=360)
+                base_chat = gr.Chatbot(label="its base model", elem_id="chat-base", height=360)
+            with gr.Row():
+                prompt = gr.Textbox(label="message", scale=5, elem_id="chat-prompt")
+                send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+
+        with gr.Tab("Export", id="export") as export_tab:
+            with gr.Row():
+                export_run = gr.Dropdown([], label="Run (completed)", elem_id="export-run-choice")
+                outtype = gr.Dropdown(list(GGUF_TYPES), value="f16", label="GGUF type", elem_id="export-outtype")
+            with gr.Row():
+                merge_button = gr.Button("Merge the adapter (merged/)", elem_id="export-merge")
+                gguf_button = gr.Button("GGUF file", elem_id="export-gguf")
+                ollama_button = gr.Button("Ollama Modelfile + GGUF", elem_id="export-ollama")
+            export_result = gr.Markdown(elem_id="export-result")
+
+        def completed_runs(current: str | None) -> Any:
+            names = [str(r.path.relative_to(folder)) for r in runs_mod.list_runs(folder) if r.status == "completed"]
+            return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+        chat_tab.select(completed_runs, inputs=chat_run, outputs=chat_run)
+        export_tab.select(completed_runs, inputs=export_run, outputs=export_run)
+
+        def start_chat(current: str | None) -> str:
+            if not current:
+                return "choose a completed run"
+            try:
+                session = sessions.open(folder / current)
+            except UserError as exc:
+                return f"❌ {exc}"
+            base = f" and its base as `{session.base_id}`" if session.base_id else " (no base model to compare with)"
+            return f"✅ serving `{session.run_id}`{base} with `llmft serve` on {session.servers[session.run_id].url}"
+
+        def respond(current: str | None, message: str, history_run: list, history_base: list, t, p, n):
+            session = sessions.get(folder / current) if current else None
+            if session is None or not message.strip():
+                yield (
+                    history_run,
+                    history_base,
+                    message,
+                    "start the chat server first" if session is None else gr.update(),
+                )
+                return
+            history_run = [*history_run, {"role": "user", "content": message}]
+            history_base = [*history_base, {"role": "user", "content": message}]
+            targets = {"run": session.run_id, "base": session.base_id}
+            answers = {"run": "", "base": ""}
+            for which, text, error in _both(session, targets, history_run, history_base, t, p, int(n)):
+                answers[which] = text if error is None else f"⚠ {error}"
+                yield (
+                    [*history_run, {"role": "assistant", "content": answers["run"]}],
+                    [*history_base, {"role": "assistant", "content": answers["base"]}]
+                    if session.base_id
+                    else history_base,
+                    "",
+                    gr.update(),
+                )
+
+        chat_start.click(start_chat, inputs=chat_run, outputs=chat_status)
+        chat_inputs = [chat_run, prompt, run_chat, base_chat, temperature, top_p, max_tokens]
+        chat_outputs = [run_chat, base_chat, prompt, chat_status]
+        send.click(respond, inputs=chat_inputs, outputs=chat_outputs)
+        prompt.submit(respond, inputs=chat_inputs, outputs=chat_outputs)
+
+        def exported(action: str, current: str | None, kind: str) -> str:
+            if not current:
+                return "choose a completed run"
+            run_dir = folder / current
+            try:
+                if action == "merge":
+                    result = merge_run(run_dir)
+                    return f"{'✅' if result.merged else 'ℹ'} {result.message}  \nfiles: `{result.path}`"
+                path = export_run_files(run_dir, action, kind)
+            except UserError as exc:
+                return f"❌ {exc}"
+            files = sorted(p.name for p in path.iterdir()) if path.is_dir() else [path.name]
+            return f"✅ exported to `{path}`: {', '.join(files)}"
+
+        merge_button.click(lambda r, k: exported("merge", r, k), inputs=[export_run, outtype], outputs=export_result)
+        gguf_button.click(lambda r, k: exported("gguf", r, k), inputs=[export_run, outtype], outputs=export_result)
+        ollama_button.click(lambda r, k: exported("ollama", r, k), inputs=[export_run, outtype], outputs=export_result)
+    app.llmft_sessions = sessions  # type: ignore[attr-defined]  # `llmft ui` closes the chat servers on exit
     return app
+
+
+class _Sessions:
+    """One chat server set per run, shared by every browser tab, closed with the UI."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, chat.ChatSession] = {}
+        self._lock = threading.Lock()
+
+    def open(self, run: Path) -> chat.ChatSession:
+        with self._lock:
+            found = self._open.get(run)
+            if found is not None and all(s.process.poll() is None for s in found.servers.values()):
+                return found
+            if found is not None:
+                found.close()
+            self._open[run] = chat.start(run)
+            return self._open[run]
+
+    def get(self, run: Path) -> chat.ChatSession | None:
+        return self._open.get(run)
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._open.values():
+                session.close()
+            self._open.clear()
+
+
+def _both(session, targets, history_run, history_base, temperature, top_p, max_tokens):
+    """Stream the run's and the base's answers at once: (which, text so far, error) as chunks come in."""
+    events: queue.Queue = queue.Queue()
+    histories = {"run": history_run, "base": history_base}
+
+    def work(which: str) -> None:
+        try:
+            for text in chat.stream(session, targets[which], histories[which], temperature, top_p, max_tokens):
+                events.put((which, text, None))
+        except UserError as exc:
+            events.put((which, "", str(exc)))
+        except Exception as exc:  # the server went away: say so in the chat, keep the UI
+            events.put((which, "", f"{type(exc).__name__}: {exc}"))
+        events.put((which, None, None))
+
+    active = [w for w in ("run", "base") if targets[w]]
+    for which in active:
+        threading.Thread(target=work, args=(which,), daemon=True).start()
+    left = len(active)
+    while left:
+        which, text, error = events.get()
+        if text is None and error is None:
+            left -= 1
+            continue
+        yield which, text, error
 
 
 def _detail(info: runs_mod.RunInfo | None) -> str:
