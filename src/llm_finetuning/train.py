@@ -26,7 +26,7 @@ from llm_finetuning.models.placement import place_model
 from llm_finetuning.models.row_attention import prepare_rows
 from llm_finetuning.models.unsloth_backend import check_unsloth
 from llm_finetuning.runs import distributed
-from llm_finetuning.runs.metrics import MetricsLogger, read_metrics
+from llm_finetuning.runs.metrics import MetricsLogger, ProgressFile, read_metrics
 from llm_finetuning.runs.plots import plot_metrics
 from llm_finetuning.runs.progress import use_logged_progress
 from llm_finetuning.runs.rundir import (
@@ -103,7 +103,7 @@ def _train(
         return TrainResult(run, "interrupted")
 
     task_eval = TaskEvalCallback(config, run, tokenizer)  # eval.tasks during training, tasks + golden set after
-    callbacks = [MetricsLogger(run.metrics), stop, task_eval, *extra_callbacks]
+    callbacks = [MetricsLogger(run.metrics), ProgressFile(run.progress), stop, task_eval, *extra_callbacks]
     model.config.use_cache = False  # a KV cache is useless in training and hides packed-sequence boundaries
     with _tensorboard_dir(run.logs / "tensorboard"):  # read when the trainer builds its callbacks
         trainer = method.build_trainer(config, run, model, tokenizer, data, callbacks)

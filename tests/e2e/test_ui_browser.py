@@ -149,6 +149,15 @@ def test_fill_validate_fix_launch_and_watch_a_run_finish(ui, browser):
     assert "required key is missing" not in text_of(driver, "field-data-train-0--dataset")
     shoot(driver, ui, "ui-new-run")
 
+    # The data preview: what `llmft check` shows, with the tokens that carry loss highlighted.
+    click(driver, "preview")
+    wait_for(driver, lambda d: "rows sampled" in text_of(d, "preview-figures"), timeout=120, what="the preview")
+    figures = text_of(driver, "preview-figures")
+    assert "16 rows sampled, 0 malformed" in figures and "memory estimate" in figures
+    assert "A L P H A" in text_of(driver, "preview-examples")
+    driver.execute_script("document.getElementById('preview-examples').scrollIntoView({block: 'center'})")
+    shoot(driver, ui, "ui-preview")
+
     click(driver, "launch")
     wait_for(driver, lambda d: "Started" in text_of(d, "launched"), what="the launch note")
     config_file = ui["folder"] / "my-run.yaml"
@@ -157,7 +166,8 @@ def test_fill_validate_fix_launch_and_watch_a_run_finish(ui, browser):
     driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Runs')]").click()
     wait_for(driver, lambda d: "my-run" in text_of(d, "runs-table"), what="the run in the table")
     wait_for(driver, lambda d: "completed" in text_of(d, "runs-table"), timeout=240, what="the run to complete")
-    wait_for(driver, lambda d: "step 3" in text_of(d, "run-detail"), what="the run's progress")
+    wait_for(driver, lambda d: "step 3 of 3 (100%)" in text_of(d, "run-detail"), what="the run's progress")
+    assert "peak memory" in text_of(driver, "run-detail")
     shoot(driver, ui, "ui-runs")
 
     manifest = json.loads((ui["folder"] / "my-run" / "manifest.json").read_text())

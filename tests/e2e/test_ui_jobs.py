@@ -62,6 +62,27 @@ def test_a_ui_launch_is_the_cli_run(tmp_path: Path, write_jsonl, qa_rows, monkey
     cli_weights = load_file(folder / "from-cli" / "final" / "adapter_model.safetensors")
     assert ui_weights.keys() == cli_weights.keys()
     assert all((ui_weights[k] == cli_weights[k]).all() for k in ui_weights)
+    progress = runs.read_progress(folder / "from-ui")  # what the runs page shows as progress
+    assert progress["step"] == progress["max_steps"] == config["training"]["max_steps"]
+    assert progress["eta_s"] == 0 and progress["seconds_per_step"] > 0 and progress["memory_gib"] > 0
+
+
+def test_a_run_outlives_the_ui_that_started_it(tmp_path: Path, write_jsonl, qa_rows):
+    """The UI process launches and exits at once (closed, crashed): the run still finishes."""
+    folder = tmp_path / "runs"
+    text = text_of(tiny_config(write_jsonl(qa_rows), folder / "orphan"))
+    script = "import sys; from pathlib import Path; from llm_finetuning.ui import jobs; "
+    script += "print(jobs.launch(Path(sys.argv[1]), 'orphan', sys.argv[2]).pid)"
+    launcher = subprocess.run(
+        [sys.executable, "-c", script, str(folder), text], check=True, capture_output=True, text=True, cwd=tmp_path
+    )
+    pid = int(launcher.stdout.strip().splitlines()[-1])
+    try:  # its own session: a terminal's Ctrl-C or hang-up to the UI does not reach it
+        assert os.getsid(pid) == pid
+    except ProcessLookupError:  # already finished (a fast machine): the status below still tells
+        pass
+    wait(lambda: finished(folder / "orphan"), what="the orphaned run")
+    assert status(folder / "orphan") == "completed"
 
 
 def long_config(data: Path, out: Path) -> dict:

@@ -52,3 +52,20 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not self.by_level("error")
+
+
+def loss_spans(encoded: Encoded, tokenizer: Any) -> list[tuple[str, bool]]:
+    """An encoded example as (text, carries loss) runs, for showing which tokens train (`llmft check`, the UI).
+    Runs of equally-masked tokens are decoded together, so multi-byte characters stay whole."""
+    spans: list[tuple[str, bool]] = []
+    run: list[int] = []
+    trained = False
+    for token, label in [*zip(encoded.input_ids, encoded.labels, strict=True), (None, None)]:
+        is_trained = label is not None and label != -100
+        if run and (token is None or is_trained != trained):
+            spans.append((tokenizer.decode(run), trained))
+            run = []
+        if token is not None:
+            run.append(token)
+        trained = is_trained
+    return spans

@@ -59,15 +59,9 @@ def user_errors(func: F) -> F:
 
 def masked_text(encoded: Any, tokenizer: Any) -> Text:
     """An encoded example as text, the tokens that carry loss in bold green and the rest dimmed."""
+    from llm_finetuning.check.report import loss_spans
+
     text = Text()
-    # Decode runs of equally-masked tokens together, so multi-byte characters stay whole.
-    run: list[int] = []
-    trained = None
-    for token, label in [*zip(encoded.input_ids, encoded.labels, strict=True), (None, None)]:
-        is_trained = label is not None and label != -100
-        if run and (token is None or is_trained != trained):
-            text.append(tokenizer.decode(run), style="bold green" if trained else "dim")
-            run = []
-        run.append(token)
-        trained = is_trained
+    for piece, trained in loss_spans(encoded, tokenizer):
+        text.append(piece, style="bold green" if trained else "dim")
     return text

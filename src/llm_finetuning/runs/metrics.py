@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,66 @@ def _clean(value: Any) -> Any:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file; a line cut off by a process killed while writing it is skipped."""
     if not path.is_file():
         return []
+    records = []
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+class ProgressFile(TrainerCallback):
+    """`progress.json`: where the run is (step of max_steps, seconds so far, device memory), rewritten after every
+    optimizer step; what `llmft ui` reads for progress and the time left. Kept out of metrics.jsonl, whose records
+    compare equal between a resumed and an uninterrupted run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._started = time.monotonic()
+        self._first_step: int | None = None
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        if self._first_step is None:  # a resumed run starts at its checkpoint's step
+            self._first_step, self._started = state.global_step - 1, time.monotonic()
+        elapsed = time.monotonic() - self._started
+        done = state.global_step - self._first_step
+        rate = done / elapsed if elapsed > 0 else None
+        left = (state.max_steps - state.global_step) / rate if rate and state.max_steps else None
+        record = {
+            "step": state.global_step,
+            "max_steps": state.max_steps,
+            "epoch": state.epoch,
+            "seconds_per_step": 1 / rate if rate else None,
+            "eta_s": left,
+            "updated_at": time.time(),
+            **device_memory(),
+        }
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def device_memory() -> dict[str, Any]:
+    """Peak memory of the training device: CUDA's allocator peak, else this process's peak resident memory."""
+    import torch
+
+    from llm_finetuning.models import fast_path
+
+    if fast_path.capabilities().device == "cuda":
+        return {"memory_gib": torch.cuda.max_memory_allocated() / 2**30, "memory_of": torch.cuda.get_device_name(0)}
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    except (ImportError, OSError):
+        return {}
+    return {"memory_gib": peak / 2**30, "memory_of": "process (CPU)"}

@@ -44,6 +44,11 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     @property
+    def progress(self) -> Path:
+        """Step, max steps, time left and device memory, rewritten every step (`runs.metrics.ProgressFile`)."""
+        return self.root / "progress.json"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
 

@@ -25,6 +25,7 @@ from llm_finetuning.export.run_export import GGUF_TYPES
 from llm_finetuning.export.run_export import export_run as export_run_files
 from llm_finetuning.recipes.catalog import all_recipes, find_recipe, merged
 from llm_finetuning.ui import chat, form, jobs
+from llm_finetuning.ui import preview as preview_mod
 from llm_finetuning.ui import runs as runs_mod
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,15 @@ def build(folder: Path) -> gr.Blocks:
                         save_button = gr.DownloadButton("Download YAML", elem_id="download")
                         launch_button = gr.Button("Launch", variant="primary", elem_id="launch")
                     launched = gr.Markdown(elem_id="launched")
+                    preview_button = gr.Button("Preview data (llmft check)", elem_id="preview")
+                    preview_examples = gr.HighlightedText(
+                        label="examples: highlighted text carries loss",
+                        color_map={"loss": "green"},
+                        show_legend=True,
+                        combine_adjacent=True,
+                        elem_id="preview-examples",
+                    )
+                    preview_figures = gr.Markdown(elem_id="preview-figures")
 
         def values_of(args: tuple[Any, ...]) -> dict[str, Any]:
             return dict(zip(keys, args, strict=True))
@@ -181,6 +191,19 @@ def build(folder: Path) -> gr.Blocks:
             new_name = choice.rsplit("/", 1)[-1] if choice != "(blank)" else "my-run"
             return [new_name] + [gr.update(value=values[f.id]) for f in fields]
 
+        def show_preview(*args: Any) -> list[Any]:
+            _, found, data = marked(values_of(args))
+            if found:
+                return [None, summary(found)]
+            try:
+                config = jobs.load_text(folder, form.to_yaml(data))
+                result = preview_mod.preview(config)
+            except UserError as exc:
+                return [None, f"❌ {exc}"]
+            return [preview_mod.highlighted(result), preview_mod.figures_markdown(result)]
+
+        preview_button.click(show_preview, inputs=widgets, outputs=[preview_examples, preview_figures])
+
         outputs_refresh = [config_yaml, status, *widgets]
         gr.on([w.change for w in widgets], refresh, inputs=widgets, outputs=outputs_refresh)
         app.load(refresh, inputs=widgets, outputs=outputs_refresh)
@@ -198,6 +221,7 @@ def build(folder: Path) -> gr.Blocks:
                 compare = gr.Dropdown([], multiselect=True, label="Compare curves of", elem_id="run-compare")
                 metric = gr.Dropdown(list(CURVES), value="loss", label="Curve", elem_id="curve")
             detail = gr.Markdown(elem_id="run-detail")
+            before_after_table = gr.Markdown(elem_id="run-before-after")
             plot = gr.LinePlot(x="step", y="value", color="run", label="curves", elem_id="run-plot")
             with gr.Row():
                 stop_button = gr.Button("Stop (checkpoint, then interrupted)", elem_id="stop")
@@ -222,9 +246,10 @@ def build(folder: Path) -> gr.Blocks:
                 _detail(info),
                 _curves(folder, shown, curve),
                 _log(folder, info),
+                _before_after(info),
             ]
 
-        poll_outputs = [runs_table, chosen, compare, detail, plot, log_tail]
+        poll_outputs = [runs_table, chosen, compare, detail, plot, log_tail, before_after_table]
         timer.tick(poll, inputs=[chosen, compare, metric], outputs=poll_outputs)
         app.load(poll, inputs=[chosen, compare, metric], outputs=poll_outputs)
         for trigger in (chosen.change, compare.change, metric.change):
@@ -405,8 +430,18 @@ def _detail(info: runs_mod.RunInfo | None) -> str:
     if info is None:
         return "No run directories yet. Launch one from **New run**."
     lines = [f"**{info.name}**: {info.status}", f"method {info.method}, adapter {info.adapter}, model {info.model}"]
-    if info.step is not None:
+    progress = info.progress
+    if progress.get("max_steps"):
+        line = f"step {progress['step']} of {progress['max_steps']} ({progress['step'] / progress['max_steps']:.0%})"
+        if info.status == "running" and progress.get("eta_s") is not None:
+            line += f", about {_duration(progress['eta_s'])} left"
+        if progress.get("seconds_per_step"):
+            line += f", {progress['seconds_per_step']:.2f} s per step"
+        lines.append(line)
+    elif info.step is not None:
         lines.append(f"step {info.step}")
+    if progress.get("memory_gib") is not None:
+        lines.append(f"peak memory {progress['memory_gib']:.2f} GiB ({progress.get('memory_of', 'device')})")
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in info.last.items() if isinstance(v, float))
     if metrics:
         lines.append(f"last: {metrics}")
@@ -414,7 +449,36 @@ def _detail(info: runs_mod.RunInfo | None) -> str:
         lines.append(f"error: {info.error}")
     if info.checkpoint is not None:
         lines.append(f"resumable from `{info.checkpoint.name}`")
+    tasks = info.evaluation.get("tasks") or {}
+    for task, values in tasks.items():
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, int | float))
+        lines.append(f"eval {task}: {shown}")
+    golden = info.evaluation.get("golden")
+    if golden:
+        lines.append("golden set: " + ", ".join(f"{k} {v}" for k, v in golden.items() if not isinstance(v, dict)))
     return "  \n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _before_after(info: runs_mod.RunInfo | None) -> str:
+    """The run's before/after table (`llmft eval RUN --before-after` writes it), or how to make one."""
+    if info is None:
+        return ""
+    table = info.path / "eval" / "before_after.md"
+    if table.is_file():
+        return "**before / after**\n\n" + table.read_text(encoding="utf-8")
+    return (
+        f"No before/after table yet: `llmft eval {info.path} --before-after --tasks ...` evaluates the base and "
+        "every variant of the run on the same tasks."
+    )
 
 
 def _curves(folder: Path, names: list[str], curve: str) -> pd.DataFrame:

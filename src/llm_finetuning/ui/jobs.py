@@ -15,11 +15,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from llm_finetuning.config import load_config
+from llm_finetuning.config.schema import Config
 from llm_finetuning.errors import UserError
 from llm_finetuning.runs.rundir import RunDir, check_run_dir
 from llm_finetuning.ui.runs import alive
@@ -55,6 +57,18 @@ def write_config(folder: Path, name: str, text: str) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def load_text(folder: Path, text: str) -> Config:
+    """The config YAML `text` read as `llmft train` would read it from a file in `folder` (relative paths,
+    `extends:`, validation), without leaving the file behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=folder, prefix=".preview-", delete=False) as handle:
+        handle.write(text)
+    try:
+        return load_config(handle.name)
+    finally:
+        os.unlink(handle.name)
 
 
 def launch(folder: Path, name: str, text: str, overwrite: bool = False) -> Launched:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_finetuning.runs.metrics import read_metrics as _read_metrics
 from llm_finetuning.runs.rundir import RunDir
 
 
@@ -33,6 +34,10 @@ class RunInfo:
     """The last logged value of each metric (loss, eval_loss, rewards...)."""
     error: str = ""
     checkpoint: Path | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    """`progress.json`: step of max_steps, seconds per step, time left, device memory."""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """The manifest's `eval` summary: task metrics before and after training, the golden-set gate."""
 
     @property
     def name(self) -> str:
@@ -57,19 +62,17 @@ def alive(pid: int | None) -> bool:
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
-    """The records of `metrics.jsonl`; a line cut off by a process killed while writing is skipped."""
-    path = RunDir(run).metrics
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    """The records of a run's `metrics.jsonl` (a line cut off by a killed process is skipped)."""
+    return _read_metrics(RunDir(run).metrics)
+
+
+def read_progress(run: Path) -> dict[str, Any]:
+    """The run's `progress.json` (step, max_steps, eta_s, memory_gib...), or {} before its first step."""
+    try:
+        found = json.loads(RunDir(run).progress.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def status_of(manifest: dict[str, Any]) -> str:
@@ -103,6 +106,8 @@ def run_info(path: Path) -> RunInfo | None:
         step=records[-1].get("step") if records else None,
         last=last,
         error=str(manifest.get("error") or ""),
+        progress=read_progress(run.root),
+        evaluation=manifest.get("eval") if isinstance(manifest.get("eval"), dict) else {},
     )
     if info.status in ("interrupted", "failed"):
         info.checkpoint = run.last_checkpoint()
