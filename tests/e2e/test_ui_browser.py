@@ -140,12 +140,13 @@ def test_fill_validate_fix_launch_and_watch_a_run_finish(ui, browser):
     click(driver, "validate")
     wait_for(driver, lambda d: "problem" in text_of(d, "form-status"), what="the validation summary")
     assert "required key is missing" in text_of(driver, "field-data-train-0--dataset")
+    driver.execute_script("document.getElementById('field-data-train-0--dataset').scrollIntoView({block: 'center'})")
     shoot(driver, ui, "ui-new-run-error")
 
     type_into(driver, "field-data-train-0--path", str(ui["data"]))
     wait_for(driver, lambda d: str(ui["data"]) in text_of(d, "config-yaml"), what="the data path in the YAML")
     click(driver, "validate")
-    wait_for(driver, lambda d: "valid" in text_of(d, "form-status") and "❌" not in text_of(d, "form-status"))
+    wait_for(driver, lambda d: "valid" in text_of(d, "form-status") and "problem" not in text_of(d, "form-status"))
     assert "required key is missing" not in text_of(driver, "field-data-train-0--dataset")
     shoot(driver, ui, "ui-new-run")
 
@@ -184,7 +185,7 @@ def test_chat_with_the_run_and_its_base_side_by_side(ui, browser):
     open_tab(driver, "Chat")
     wait_for(driver, lambda d: value_of(d, "chat-run-choice") == "my-run", what="the completed run offered")
     click(driver, "chat-start")
-    wait_for(driver, lambda d: "✅" in text_of(d, "chat-status"), timeout=180, what="the chat server")
+    wait_for(driver, lambda d: "serving" in text_of(d, "chat-status"), timeout=180, what="the chat server")
     assert "base" in text_of(driver, "chat-status")
     type_into(driver, "chat-prompt", "Spell alpha")
     click(driver, "chat-send")
@@ -194,7 +195,7 @@ def test_chat_with_the_run_and_its_base_side_by_side(ui, browser):
         return all(len(b.text.replace("Spell alpha", "").strip()) > 0 for b in bots)
 
     wait_for(driver, answered, timeout=120, what="both answers")
-    assert "⚠" not in text_of(driver, "chat-run") and "⚠" not in text_of(driver, "chat-base")
+    assert "[error]" not in text_of(driver, "chat-run") and "[error]" not in text_of(driver, "chat-base")
     shoot(driver, ui, "ui-chat")
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
-import yaml
 
 from llm_finetuning.errors import UserError
 from llm_finetuning.export.lora_merge import merge_run
@@ -53,7 +52,7 @@ def elem_id(key: str) -> str:
 
 def _initial(field: form.Field) -> Any:
     if field.kind == "yaml":
-        return "" if field.default is None else yaml.safe_dump(field.default, default_flow_style=True).strip()
+        return "" if field.default is None else form.yaml_text(field.default)
     return field.default
 
 
@@ -105,7 +104,7 @@ def build(folder: Path) -> gr.Blocks:
                     status = gr.Markdown(elem_id="form-status")
                     with gr.Row():
                         validate_button = gr.Button("Validate", elem_id="validate")
-                        save_button = gr.DownloadButton("Download YAML", elem_id="download")
+                        save_button = gr.Button("Save YAML", elem_id="save")
                         launch_button = gr.Button("Launch", variant="primary", elem_id="launch")
                     launched = gr.Markdown(elem_id="launched")
                     preview_button = gr.Button("Preview data (llmft check)", elem_id="preview")
@@ -144,27 +143,28 @@ def build(folder: Path) -> gr.Blocks:
             updates = []
             for field in fields:
                 if field.id in at:
-                    updates.append(gr.update(info="⚠ " + "; ".join(at[field.id]), elem_classes=["llmft-error"]))
+                    updates.append(gr.update(info="problem: " + "; ".join(at[field.id]), elem_classes=["llmft-error"]))
                 else:
                     updates.append(gr.update(info=field.description or None, elem_classes=[]))
             return updates, found, data
 
         def summary(found: list[tuple[str, str]]) -> str:
             if not found:
-                return "✅ valid: `llmft train` accepts this config"
+                return "**valid**: `llmft train` accepts this config"
             lines = "\n".join(f"- `{key}`: {message}" for key, message in found)
-            return f"❌ {len(found)} problem{'s' if len(found) > 1 else ''}:\n{lines}"
+            return f"**{len(found)} problem{'s' if len(found) > 1 else ''}**:\n{lines}"
 
         def validate(*args: Any) -> list[Any]:
             updates, found, _ = marked(values_of(args))
             return [summary(found), *updates]
 
-        def save(run_name: str, *args: Any) -> Any:
+        def save(run_name: str, *args: Any) -> str:
             try:
                 data = form.config_data(values_of(args), fields)
-                return jobs.write_config(folder, run_name, form.to_yaml(data))
+                path = jobs.write_config(folder, run_name, form.to_yaml(data))
             except (form.FormError, UserError) as exc:
-                raise gr.Error(str(exc)) from None
+                return f"**error**: {exc}"
+            return f"saved `{path}`: `llmft train {path}` trains it"
 
         def launch(run_name: str, *args: Any) -> list[Any]:
             values = values_of(args)
@@ -175,7 +175,7 @@ def build(folder: Path) -> gr.Blocks:
             try:
                 started = jobs.launch(folder, run_name, form.to_yaml(data))
             except UserError as exc:
-                return [f"❌ {exc}", "", *updates]
+                return [f"**error**: {exc}", "", *updates]
             shown = " ".join(started.command[2:])
             note = (
                 f"Started `{run_name}` (pid {started.pid}) in `{started.run_dir}`: `llmft {shown.split(' ', 1)[1]}`; "
@@ -199,7 +199,7 @@ def build(folder: Path) -> gr.Blocks:
                 config = jobs.load_text(folder, form.to_yaml(data))
                 result = preview_mod.preview(config)
             except UserError as exc:
-                return [None, f"❌ {exc}"]
+                return [None, f"**error**: {exc}"]
             return [preview_mod.highlighted(result), preview_mod.figures_markdown(result)]
 
         preview_button.click(show_preview, inputs=widgets, outputs=[preview_examples, preview_figures])
@@ -209,7 +209,7 @@ def build(folder: Path) -> gr.Blocks:
         app.load(refresh, inputs=widgets, outputs=outputs_refresh)
         recipe.change(from_recipe, inputs=recipe, outputs=[name, *widgets])
         validate_button.click(validate, inputs=widgets, outputs=[status, *widgets])
-        save_button.click(save, inputs=[name, *widgets], outputs=save_button)
+        save_button.click(save, inputs=[name, *widgets], outputs=launched)
         launch_button.click(launch, inputs=[name, *widgets], outputs=[status, launched, *widgets])
 
         with gr.Tab("Runs", id="runs"):
@@ -262,7 +262,7 @@ def build(folder: Path) -> gr.Blocks:
             try:
                 return f"asked pid {jobs.stop(path)} to stop: it saves a checkpoint after this step"
             except UserError as exc:
-                return f"❌ {exc}"
+                return f"**error**: {exc}"
 
         def do_resume(current: str | None) -> str:
             path = run_paths().get(current or "")
@@ -271,7 +271,7 @@ def build(folder: Path) -> gr.Blocks:
             try:
                 started = jobs.resume(folder, path)
             except UserError as exc:
-                return f"❌ {exc}"
+                return f"**error**: {exc}"
             return f"resumed (pid {started.pid}); output in `{started.log}`"
 
         stop_button.click(do_stop, inputs=chosen, outputs=detail)
@@ -316,9 +316,9 @@ def build(folder: Path) -> gr.Blocks:
             try:
                 session = sessions.open(folder / current)
             except UserError as exc:
-                return f"❌ {exc}"
+                return f"**error**: {exc}"
             base = f" and its base as `{session.base_id}`" if session.base_id else " (no base model to compare with)"
-            return f"✅ serving `{session.run_id}`{base} with `llmft serve` on {session.servers[session.run_id].url}"
+            return f"serving `{session.run_id}`{base} with `llmft serve` on {session.servers[session.run_id].url}"
 
         def respond(current: str | None, message: str, history_run: list, history_base: list, t, p, n):
             session = sessions.get(folder / current) if current else None
@@ -335,7 +335,7 @@ def build(folder: Path) -> gr.Blocks:
             targets = {"run": session.run_id, "base": session.base_id}
             answers = {"run": "", "base": ""}
             for which, text, error in _both(session, targets, history_run, history_base, t, p, int(n)):
-                answers[which] = text if error is None else f"⚠ {error}"
+                answers[which] = text if error is None else f"[error] {error}"
                 yield (
                     [*history_run, {"role": "assistant", "content": answers["run"]}],
                     [*history_base, {"role": "assistant", "content": answers["base"]}]
@@ -358,12 +358,12 @@ def build(folder: Path) -> gr.Blocks:
             try:
                 if action == "merge":
                     result = merge_run(run_dir)
-                    return f"{'✅' if result.merged else 'ℹ'} {result.message}  \nfiles: `{result.path}`"
+                    return f"{result.message}  \nfiles: `{result.path}`"
                 path = export_run_files(run_dir, action, kind)
             except UserError as exc:
-                return f"❌ {exc}"
+                return f"**error**: {exc}"
             files = sorted(p.name for p in path.iterdir()) if path.is_dir() else [path.name]
-            return f"✅ exported to `{path}`: {', '.join(files)}"
+            return f"exported to `{path}`: {', '.join(files)}"
 
         merge_button.click(lambda r, k: exported("merge", r, k), inputs=[export_run, outtype], outputs=export_result)
         gguf_button.click(lambda r, k: exported("gguf", r, k), inputs=[export_run, outtype], outputs=export_result)

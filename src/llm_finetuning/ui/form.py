@@ -348,7 +348,7 @@ def values_from_config(data: dict[str, Any], form: list[Field] | None = None) ->
                     break
                 node = node[position]
         if found:
-            out[field.id] = yaml.safe_dump(node, default_flow_style=True).strip() if field.kind == "yaml" else node
+            out[field.id] = yaml_text(node) if field.kind == "yaml" else node
     return out
 
 
@@ -362,3 +362,8 @@ def field_for(key: str, form: list[Field]) -> Field | None:
         if field.key.startswith((f"{key}.", f"{key}[")):
             return field
     return None
+
+
+def yaml_text(value: Any) -> str:
+    """A value as the one-line YAML a field shows (`[q_proj, v_proj]`, `all-linear`), without YAML's `...`."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -102,7 +102,7 @@ def figures_markdown(result: Preview) -> str:
         lines.append(f"\n**memory estimate**: {result.memory_gib:.2f} GiB per device at peak")
     if result.findings:
         lines.append("")
-    icon = {"error": "❌", "warning": "⚠", "info": "ℹ"}
+    icon = {"error": "**error**", "warning": "**warning**", "info": "info"}
     for finding in result.findings:
         lines.append(f"- {icon[finding.level]} `{finding.where}`: {finding.message}")
     return "\n".join(lines)
