@@ -82,25 +82,28 @@ class ProgressFile(TrainerCallback):
             "seconds_per_step": 1 / rate if rate else None,
             "eta_s": left,
             "updated_at": time.time(),
-            **device_memory(),
+            **device_memory(kwargs.get("model")),
         }
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
         os.replace(tmp, self.path)
 
 
-def device_memory() -> dict[str, Any]:
-    """Peak memory of the training device: CUDA's allocator peak, else this process's peak resident memory."""
-    import torch
-
-    from llm_finetuning.models import fast_path
-
-    if fast_path.capabilities().device == "cuda":
-        return {"memory_gib": torch.cuda.max_memory_allocated() / 2**30, "memory_of": torch.cuda.get_device_name(0)}
+def device_memory(model: Any = None) -> dict[str, Any]:
+    """Peak memory of the device the model trains on: CUDA's allocator peak, else this process's peak resident
+    memory. Never raises: progress reporting must not stop a run."""
     try:
+        parameter = next(model.parameters()) if model is not None else None
+        if parameter is not None and parameter.device.type == "cuda":
+            import torch
+
+            return {
+                "memory_gib": torch.cuda.max_memory_allocated(parameter.device) / 2**30,
+                "memory_of": torch.cuda.get_device_name(parameter.device),
+            }
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    except (ImportError, OSError):
+    except Exception:  # no parameters, no resource module (Windows), a device that cannot say
         return {}
     return {"memory_gib": peak / 2**30, "memory_of": "process (CPU)"}

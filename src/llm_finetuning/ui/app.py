@@ -219,7 +219,7 @@ def build(folder: Path) -> gr.Blocks:
             with gr.Row():
                 chosen = gr.Dropdown([], label="Run", elem_id="run-choice")
                 compare = gr.Dropdown([], multiselect=True, label="Compare curves of", elem_id="run-compare")
-                metric = gr.Dropdown(list(CURVES), value="loss", label="Curve", elem_id="curve")
+                metric = gr.Dropdown(list(CURVES), value="loss", label="Curve (any logged metric)", elem_id="curve")
             detail = gr.Markdown(elem_id="run-detail")
             before_after_table = gr.Markdown(elem_id="run-before-after")
             plot = gr.LinePlot(x="step", y="value", color="run", label="curves", elem_id="run-plot")
@@ -239,6 +239,8 @@ def build(folder: Path) -> gr.Blocks:
             info = next((r for r in listed if str(r.path.relative_to(folder)) == current), None)
             shown = [current] if current else []
             shown += [n for n in (together or []) if n in names and n != current]
+            logged = _logged_metrics(folder, shown)
+            curve = curve if curve in logged else ("loss" if "loss" in logged else (logged or [curve])[0])
             return [
                 pd.DataFrame(runs_mod.table(listed), columns=runs_mod.TABLE_HEADERS),
                 gr.update(choices=names, value=current),
@@ -247,12 +249,13 @@ def build(folder: Path) -> gr.Blocks:
                 _curves(folder, shown, curve),
                 _log(folder, info),
                 _before_after(info),
+                gr.update(choices=logged or list(CURVES), value=curve),
             ]
 
-        poll_outputs = [runs_table, chosen, compare, detail, plot, log_tail, before_after_table]
+        poll_outputs = [runs_table, chosen, compare, detail, plot, log_tail, before_after_table, metric]
         timer.tick(poll, inputs=[chosen, compare, metric], outputs=poll_outputs)
         app.load(poll, inputs=[chosen, compare, metric], outputs=poll_outputs)
-        for trigger in (chosen.change, compare.change, metric.change):
+        for trigger in (chosen.input, compare.input, metric.input):  # a user's choice; poll's own updates don't fire
             trigger(poll, inputs=[chosen, compare, metric], outputs=poll_outputs)
 
         def do_stop(current: str | None) -> str:
@@ -479,6 +482,19 @@ def _before_after(info: runs_mod.RunInfo | None) -> str:
         f"No before/after table yet: `llmft eval {info.path} --before-after --tasks ...` evaluates the base and "
         "every variant of the run on the same tasks."
     )
+
+
+def _logged_metrics(folder: Path, names: list[str]) -> list[str]:
+    """Every metric the runs logged (rewards, eval task metrics included), the usual curves first."""
+    found: dict[str, None] = {}
+    for name in names:
+        for record in runs_mod.read_metrics(folder / name):
+            found.update({k: None for k, v in record.items() if k not in ("step", "epoch") and _is_number(v)})
+    return [c for c in CURVES if c in found] + sorted(k for k in found if k not in CURVES)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _curves(folder: Path, names: list[str], curve: str) -> pd.DataFrame:
