@@ -206,8 +206,6 @@ class Engine:
         group idle while the other runs) and halve the throughput; the short wait lets them meet in one batch.
         A lone client never waits (its previous batch had one row, and its request is that row), nor does a request
         reaching an engine that has been idle."""
-        if time.monotonic() - self._ended_at > self.gather_s:
-            return
         want = min(self._last_batch, self.max_batch_size)
         deadline = self._ended_at + self.gather_s
         while len(self._pending) < want and not self._closed:

@@ -9,9 +9,7 @@ resume, the log).
 from __future__ import annotations
 
 import logging
-import queue
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from llm_finetuning.export.lora_merge import merge_run
 from llm_finetuning.export.run_export import GGUF_TYPES
 from llm_finetuning.export.run_export import export_run as export_run_files
 from llm_finetuning.recipes.catalog import all_recipes, find_recipe, merged
-from llm_finetuning.ui import chat, form, jobs
+from llm_finetuning.ui import chat, form, jobs, runs_view
 from llm_finetuning.ui import preview as preview_mod
 from llm_finetuning.ui import runs as runs_mod
 
@@ -41,7 +39,6 @@ SECTION_TITLES = {
     "output_dir": "Output",
 }
 OPEN_SECTIONS = {"model", "adapter", "data", "method", "training", "output_dir"}
-CURVES = ("loss", "learning_rate", "eval_loss", "reward", "grad_norm")
 CSS = ".llmft-error textarea, .llmft-error input { border-color: #d33 !important; }"
 
 
@@ -77,7 +74,7 @@ def _visibility(fields: list[form.Field], values: dict[str, Any]) -> list[bool]:
 def build(folder: Path) -> gr.Blocks:
     """The app over the run folder `folder` (configs and logs are written there; runs are found under it)."""
     folder = Path(folder)
-    sessions = _Sessions()
+    sessions = chat.Sessions()
     fields = form.fields()
     keys = [f.id for f in fields]
     recipe_names = ["(blank)"] + [r.name for r in all_recipes()]
@@ -219,7 +216,9 @@ def build(folder: Path) -> gr.Blocks:
             with gr.Row():
                 chosen = gr.Dropdown([], label="Run", elem_id="run-choice")
                 compare = gr.Dropdown([], multiselect=True, label="Compare curves of", elem_id="run-compare")
-                metric = gr.Dropdown(list(CURVES), value="loss", label="Curve (any logged metric)", elem_id="curve")
+                metric = gr.Dropdown(
+                    list(runs_view.CURVES), value="loss", label="Curve (any logged metric)", elem_id="curve"
+                )
             detail = gr.Markdown(elem_id="run-detail")
             before_after_table = gr.Markdown(elem_id="run-before-after")
             plot = gr.LinePlot(x="step", y="value", color="run", label="curves", elem_id="run-plot")
@@ -239,17 +238,16 @@ def build(folder: Path) -> gr.Blocks:
             info = next((r for r in listed if str(r.path.relative_to(folder)) == current), None)
             shown = [current] if current else []
             shown += [n for n in (together or []) if n in names and n != current]
-            logged = _logged_metrics(folder, shown)
-            curve = curve if curve in logged else ("loss" if "loss" in logged else (logged or [curve])[0])
+            logged, curve, points = runs_view.curves(folder, shown, curve)
             return [
                 pd.DataFrame(runs_mod.table(listed), columns=runs_mod.TABLE_HEADERS),
                 gr.update(choices=names, value=current),
                 gr.update(choices=names, value=[n for n in (together or []) if n in names]),
-                _detail(info),
-                _curves(folder, shown, curve),
-                _log(folder, info),
-                _before_after(info),
-                gr.update(choices=logged or list(CURVES), value=curve),
+                runs_view.detail(info),
+                points,
+                runs_view.log(folder, info),
+                runs_view.before_after(info),
+                gr.update(choices=logged or list(runs_view.CURVES), value=curve),
             ]
 
         poll_outputs = [runs_table, chosen, compare, detail, plot, log_tail, before_after_table, metric]
@@ -337,7 +335,7 @@ def build(folder: Path) -> gr.Blocks:
             history_base = [*history_base, {"role": "user", "content": message}]
             targets = {"run": session.run_id, "base": session.base_id}
             answers = {"run": "", "base": ""}
-            for which, text, error in _both(session, targets, history_run, history_base, t, p, int(n)):
+            for which, text, error in chat.stream_both(session, targets, history_run, history_base, t, p, int(n)):
                 answers[which] = text if error is None else f"[error] {error}"
                 yield (
                     [*history_run, {"role": "assistant", "content": answers["run"]}],
@@ -373,145 +371,3 @@ def build(folder: Path) -> gr.Blocks:
         ollama_button.click(lambda r, k: exported("ollama", r, k), inputs=[export_run, outtype], outputs=export_result)
     app.llmft_sessions = sessions  # type: ignore[attr-defined]  # `llmft ui` closes the chat servers on exit
     return app
-
-
-class _Sessions:
-    """One chat server set per run, shared by every browser tab, closed with the UI."""
-
-    def __init__(self) -> None:
-        self._open: dict[Path, chat.ChatSession] = {}
-        self._lock = threading.Lock()
-
-    def open(self, run: Path) -> chat.ChatSession:
-        with self._lock:
-            found = self._open.get(run)
-            if found is not None and all(s.process.poll() is None for s in found.servers.values()):
-                return found
-            if found is not None:
-                found.close()
-            self._open[run] = chat.start(run)
-            return self._open[run]
-
-    def get(self, run: Path) -> chat.ChatSession | None:
-        return self._open.get(run)
-
-    def close(self) -> None:
-        with self._lock:
-            for session in self._open.values():
-                session.close()
-            self._open.clear()
-
-
-def _both(session, targets, history_run, history_base, temperature, top_p, max_tokens):
-    """Stream the run's and the base's answers at once: (which, text so far, error) as chunks come in."""
-    events: queue.Queue = queue.Queue()
-    histories = {"run": history_run, "base": history_base}
-
-    def work(which: str) -> None:
-        try:
-            for text in chat.stream(session, targets[which], histories[which], temperature, top_p, max_tokens):
-                events.put((which, text, None))
-        except UserError as exc:
-            events.put((which, "", str(exc)))
-        except Exception as exc:  # the server went away: say so in the chat, keep the UI
-            events.put((which, "", f"{type(exc).__name__}: {exc}"))
-        events.put((which, None, None))
-
-    active = [w for w in ("run", "base") if targets[w]]
-    for which in active:
-        threading.Thread(target=work, args=(which,), daemon=True).start()
-    left = len(active)
-    while left:
-        which, text, error = events.get()
-        if text is None and error is None:
-            left -= 1
-            continue
-        yield which, text, error
-
-
-def _detail(info: runs_mod.RunInfo | None) -> str:
-    if info is None:
-        return "No run directories yet. Launch one from **New run**."
-    lines = [f"**{info.name}**: {info.status}", f"method {info.method}, adapter {info.adapter}, model {info.model}"]
-    progress = info.progress
-    if progress.get("max_steps"):
-        line = f"step {progress['step']} of {progress['max_steps']} ({progress['step'] / progress['max_steps']:.0%})"
-        if info.status == "running" and progress.get("eta_s") is not None:
-            line += f", about {_duration(progress['eta_s'])} left"
-        if progress.get("seconds_per_step"):
-            line += f", {progress['seconds_per_step']:.2f} s per step"
-        lines.append(line)
-    elif info.step is not None:
-        lines.append(f"step {info.step}")
-    if progress.get("memory_gib") is not None:
-        lines.append(f"peak memory {progress['memory_gib']:.2f} GiB ({progress.get('memory_of', 'device')})")
-    metrics = ", ".join(f"{k} {v:.4g}" for k, v in info.last.items() if isinstance(v, float))
-    if metrics:
-        lines.append(f"last: {metrics}")
-    if info.error:
-        lines.append(f"error: {info.error}")
-    if info.checkpoint is not None:
-        lines.append(f"resumable from `{info.checkpoint.name}`")
-    tasks = info.evaluation.get("tasks") or {}
-    for task, values in tasks.items():
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, int | float))
-        lines.append(f"eval {task}: {shown}")
-    golden = info.evaluation.get("golden")
-    if golden:
-        lines.append("golden set: " + ", ".join(f"{k} {v}" for k, v in golden.items() if not isinstance(v, dict)))
-    return "  \n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{seconds // 60} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _before_after(info: runs_mod.RunInfo | None) -> str:
-    """The run's before/after table (`llmft eval RUN --before-after` writes it), or how to make one."""
-    if info is None:
-        return ""
-    table = info.path / "eval" / "before_after.md"
-    if table.is_file():
-        return "**before / after**\n\n" + table.read_text(encoding="utf-8")
-    return (
-        f"No before/after table yet: `llmft eval {info.path} --before-after --tasks ...` evaluates the base and "
-        "every variant of the run on the same tasks."
-    )
-
-
-def _logged_metrics(folder: Path, names: list[str]) -> list[str]:
-    """Every metric the runs logged (rewards, eval task metrics included), the usual curves first."""
-    found: dict[str, None] = {}
-    for name in names:
-        for record in runs_mod.read_metrics(folder / name):
-            found.update({k: None for k, v in record.items() if k not in ("step", "epoch") and _is_number(v)})
-    return [c for c in CURVES if c in found] + sorted(k for k in found if k not in CURVES)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _curves(folder: Path, names: list[str], curve: str) -> pd.DataFrame:
-    rows = []
-    for name in names:
-        for record in runs_mod.read_metrics(folder / name):
-            value = record.get(curve)
-            if isinstance(value, int | float) and record.get("step") is not None:
-                rows.append({"step": record["step"], "value": float(value), "run": name})
-    return pd.DataFrame(rows, columns=["step", "value", "run"])
-
-
-def _log(folder: Path, info: runs_mod.RunInfo | None) -> str:
-    if info is None:
-        return ""
-    log = folder / f"{info.name}.log"
-    if not log.is_file():
-        return ""
-    text = log.read_text(encoding="utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-40:])

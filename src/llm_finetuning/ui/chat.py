@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import secrets
 import subprocess
 import sys
@@ -161,3 +162,65 @@ def stream(
         raise UserError(message) from None
     finally:
         client.close()
+
+
+class Sessions:
+    """One chat server set per run, shared by every browser tab, closed with the UI."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, ChatSession] = {}
+        self._lock = threading.Lock()
+
+    def open(self, run: Path) -> ChatSession:
+        with self._lock:
+            found = self._open.get(run)
+            if found is not None and all(s.process.poll() is None for s in found.servers.values()):
+                return found
+            if found is not None:
+                found.close()
+            self._open[run] = start(run)
+            return self._open[run]
+
+    def get(self, run: Path) -> ChatSession | None:
+        return self._open.get(run)
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._open.values():
+                session.close()
+            self._open.clear()
+
+
+def stream_both(
+    session: ChatSession,
+    targets: dict[str, str | None],
+    history_run: list[dict[str, str]],
+    history_base: list[dict[str, str]],
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+) -> Iterator[tuple[str, str, str | None]]:
+    """Stream the run's and the base's answers at once: (which, text so far, error) as chunks come in."""
+    events: queue.Queue = queue.Queue()
+    histories = {"run": history_run, "base": history_base}
+
+    def work(which: str) -> None:
+        try:
+            for text in stream(session, targets[which], histories[which], temperature, top_p, max_tokens):
+                events.put((which, text, None))
+        except UserError as exc:
+            events.put((which, "", str(exc)))
+        except Exception as exc:  # the server went away: say so in the chat, keep the UI
+            events.put((which, "", f"{type(exc).__name__}: {exc}"))
+        events.put((which, None, None))
+
+    active = [w for w in ("run", "base") if targets[w]]
+    for which in active:
+        threading.Thread(target=work, args=(which,), daemon=True).start()
+    left = len(active)
+    while left:
+        which, text, error = events.get()
+        if text is None and error is None:
+            left -= 1
+            continue
+        yield which, text, error

@@ -23,7 +23,6 @@ from llm_finetuning.config.describe import REQUIRED, KeyInfo, describe
 from llm_finetuning.config.errors import _tag_field, model_classes, validation_problems
 from llm_finetuning.config.schema import Config
 
-KINDS = ("bool", "choice", "int", "float", "text", "yaml")
 ITEM_FIELDS = ("data.train", "data.eval")
 """Lists whose first entry gets a field per key; any other list of entries is one YAML field."""
 
@@ -42,7 +41,6 @@ class Field:
     choices: tuple[Any, ...] = ()
     """A choice field's values as the schema has them (strings, or numbers such as `zero_stage: 2`)."""
     nullable: bool = False
-    required: bool = False
     when: tuple[str, tuple[str, ...]] | None = None
     """(tag field, tags): the field belongs to these variants of a tagged union, e.g. ("adapter.method", ("lora",
     "dora")); it is shown, and sent, only while that tag field holds one of them."""
@@ -58,10 +56,6 @@ class Field:
     @property
     def section(self) -> str:
         return self.key.split(".")[0].split("[")[0]
-
-    @property
-    def label(self) -> str:
-        return self.key
 
 
 def _plain(annotation: Any) -> tuple[Any, bool]:
@@ -119,7 +113,6 @@ def _tag_choices(row: KeyInfo) -> Field | None:
         description=row.description,
         default=chosen,
         choices=tuple(t[1] for t in tags),  # type: ignore[index]
-        required=chosen is None,
         when=_variant(row),
         is_tag=True,
     )
@@ -129,7 +122,6 @@ def fields() -> list[Field]:
     """The form's fields, in schema order."""
     out: list[Field] = []
     rows = describe()
-    required = _required_keys(rows)
     as_yaml: list[str] = []
     for row in rows:
         if any(row.key.startswith(f"{prefix}[].") for prefix in as_yaml):
@@ -159,23 +151,9 @@ def fields() -> list[Field]:
                 default=default,
                 choices=choices,
                 nullable=nullable,
-                required=row.key in required,
                 when=_variant(row),
             )
         )
-    return out
-
-
-def _required_keys(rows: list[KeyInfo]) -> set[str]:
-    """Keys a config must set: required themselves and in sections that are required too (a required key of an
-    optional section, such as `eval.golden.path`, is only needed once that section is used)."""
-    without = {row.key for row in rows if row.default_value is REQUIRED}
-    out = set()
-    for key in without:
-        parts = key.replace("[]", "").split(".")
-        prefixes = [".".join(parts[:i]) for i in range(1, len(parts))]
-        if all(p in without or p + "[]" in {k.replace("[]", "") for k in without} for p in prefixes):
-            out.add(key)
     return out
 
 
@@ -215,7 +193,7 @@ def _value(field: Field, raw: Any) -> Any:
             raise FormError(field.key, f"not valid YAML: {str(exc).splitlines()[0]}") from None
     else:
         value = str(raw)
-    return _UNSET if value == field.default and not field.required else value
+    return _UNSET if value == field.default else value
 
 
 _UNSET = object()
