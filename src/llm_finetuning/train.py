@@ -35,6 +35,7 @@ from llm_finetuning.runs.rundir import (
     now,
     start_manifest,
     write_config,
+    write_config_copy,
     write_manifest,
 )
 from llm_finetuning.runs.signals import GracefulStop
@@ -96,6 +97,11 @@ def _train(
 ) -> TrainResult:
     method = METHODS[config.method.name]
     set_seed(config.training.seed)
+    if method.runs_itself:
+        callbacks = [MetricsLogger(run.metrics), ProgressFile(run.progress), stop, *extra_callbacks]
+        with _tensorboard_dir(run.logs / "tensorboard"):
+            outcome = method.train_run(config, run, stop, checkpoint, callbacks)
+        return TrainResult(run, outcome.status, outcome.metrics)
     # The main process prepares first: it writes the data caches and the run directory the others then read.
     with distributed.main_first():
         model, tokenizer, data, changes, initial_adapter = _prepare(config, run, method)
@@ -245,12 +251,6 @@ def save_final(
     tokenizer.save_pretrained(run.final)
     write_config_copy(config, run)
     logger.info("Saved the final %s to %s", "adapter" if isinstance(model, PeftModel) else "model", run.final)
-
-
-def write_config_copy(config: Config, run: RunDir) -> None:
-    """The config beside the weights in `final/`, so the folder describes itself when copied elsewhere."""
-    with (run.final / "llmft_config.yaml").open("w", encoding="utf-8") as handle:
-        yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
 
 
 def _warn_if_config_changed(run: RunDir, config: Config) -> None:

@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from llm_finetuning.config.base import Section
+from llm_finetuning.config.encoders import ClassifyMethod, EmbeddingMethod, RerankerMethod
 from llm_finetuning.config.grpo import GRPOMethod
+from llm_finetuning.config.multihead import MultiHeadMethod
 from llm_finetuning.config.ppo import PPOOptions
 
 
@@ -128,8 +130,23 @@ METHODS: tuple[type[Section], ...] = (
     KTOMethod,
     PPOMethod,
     GRPOMethod,
+    EmbeddingMethod,
+    RerankerMethod,
+    ClassifyMethod,
+    MultiHeadMethod,
 )
 MethodConfig = Annotated[
-    SFTMethod | PretrainMethod | RewardMethod | DPOMethod | ORPOMethod | KTOMethod | PPOMethod | GRPOMethod,
+    SFTMethod
+    | PretrainMethod
+    | RewardMethod
+    | DPOMethod
+    | ORPOMethod
+    | KTOMethod
+    | PPOMethod
+    | GRPOMethod
+    | EmbeddingMethod
+    | RerankerMethod
+    | ClassifyMethod
+    | MultiHeadMethod,
     Field(discriminator="name"),
 ]

@@ -6,6 +6,7 @@ for the user: what the option does, its unit, and when to change it.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -47,8 +48,9 @@ from llm_finetuning.evaluation.config import EvalTaskConfig, GoldenConfig, one_o
 class TinyModelConfig(Section):
     """Shape of a small randomly-initialised model, used when `model.name` is `tiny`."""
 
-    architecture: Literal["llama", "qwen2"] = "llama"
-    """Transformer family whose code builds the model (transformers' Llama or Qwen2 classes)."""
+    architecture: Literal["llama", "qwen2", "bert"] = "llama"
+    """Transformer family whose code builds the model: transformers' Llama or Qwen2 decoders, or a BERT encoder
+    (for `method: embedding`, `reranker` and `classify`)."""
     hidden_size: int = Field(64, gt=0)
     """Width of the residual stream."""
     num_layers: int = Field(2, gt=0)
@@ -145,11 +147,24 @@ class DataSource(Section):
     revision: str | None = None
     """Hub dataset revision (branch, tag or commit)."""
     format: Literal[
-        "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired", "prompt_only", "text"
+        "messages",
+        "sharegpt",
+        "alpaca",
+        "prompt_completion",
+        "preference",
+        "unpaired",
+        "prompt_only",
+        "text",
+        "retrieval",
+        "scored_pair",
+        "labeled_text",
     ] = "messages"
     """Row format: `messages` (OpenAI chat format), `sharegpt` (conversations of {from, value}), `alpaca`
     (instruction, input, output), `prompt_completion`, `preference` (prompt, chosen, rejected; HH-RLHF transcripts
-    too), `unpaired` (prompt, completion, label), `prompt_only` (prompt + extra columns), `text` (raw documents)."""
+    too), `unpaired` (prompt, completion, label), `prompt_only` (prompt + extra columns), `text` (raw documents);
+    for embedding, reranker and classification models: `retrieval` (query, positive, optional negatives: pairs,
+    triplets or n-tuples), `scored_pair` (text1, text2, score) and `labeled_text` (text, optional text_pair, label:
+    a class, a list of classes, or a number)."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Map from the format's field name to the column in the data, e.g. `{instruction: question,
     output: answer}` or `{messages: conversations}`."""
@@ -157,6 +172,8 @@ class DataSource(Section):
     """Use only the first N rows."""
     system_prompt: str | None = None
     """System message put before every conversation that has none."""
+    head: str | None = None
+    """`method: multi_head`: the head (`method.heads[].name`) this source's rows train or evaluate."""
 
     @model_validator(mode="after")
     def _one_origin(self) -> DataSource:
@@ -363,6 +380,29 @@ class TrackingConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------- config
+def _check_heads(config: Config) -> None:
+    """Every multi-head source names a declared head, and every head has training data."""
+    declared = [head.name for head in config.method.heads]
+    for split in ("train", "eval"):
+        for source in getattr(config.data, split):
+            if source.head is None:
+                raise ValueError(
+                    f"data.{split} source {source.label}: name its head (`head: {declared[0]}`); with `method.name: "
+                    f"multi_head` every source trains or evaluates one of {', '.join(declared)}"
+                )
+            if source.head not in declared:
+                close = difflib.get_close_matches(source.head, declared, n=1)
+                hint = f" Did you mean `{close[0]}`?" if close else ""
+                raise ValueError(
+                    f"data.{split} source {source.label}: `head: {source.head}` is not in `method.heads` "
+                    f"({', '.join(declared)}).{hint}"
+                )
+    trained = {source.head for source in config.data.train}
+    missing = [name for name in declared if name not in trained]
+    if missing:
+        raise ValueError(f"`method.heads` {', '.join(missing)} have no training source (`data.train[].head`)")
+
+
 class Config(Section):
     """A whole run: what to train, on what, how, and where the results go."""
 
@@ -414,6 +454,11 @@ class Config(Section):
                 "computes log-probabilities from the head's base weight). Remove it, or add `lm_head` to "
                 "`adapter.modules_to_save`"
             )
+        heads = {source.head for source in [*self.data.train, *self.data.eval] if source.head is not None}
+        if self.method.name == "multi_head":
+            _check_heads(self)
+        elif heads:
+            raise ValueError("`data.*.head` applies to `method.name: multi_head` only; remove it")
         if self.method.name == "grpo":
             completions = self.training.per_device_batch_size * self.training.gradient_accumulation_steps
             if completions % self.method.num_generations:

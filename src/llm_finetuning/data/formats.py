@@ -9,6 +9,12 @@ Record kinds and their fields (messages are `{"role", "content"}` dicts; roles s
 - `prompt_only`: {"prompt": [...], **extra columns}: prompts to generate from (GRPO, PPO); the extra columns
                  (e.g. a reference answer) are kept for the rewards.
 - `text`:        {"text": str}: raw documents (continual pretraining).
+- `retrieval`:   {"query": str, "positive": str, "negatives": [str]}: a query, a relevant text and any number of
+                 hard negatives (embedding and reranker training). Format `retrieval` (pairs, triplets, n-tuples).
+- `scored_pair`: {"text1": str, "text2": str, "score": float}: two texts and their similarity or relevance
+                 (contrastive and CoSENT embedding losses; binary reranker labels).
+- `labeled_text`: {"text": str, "text_pair": str | None, "label": str | [str] | float}: a text (or a pair) and
+                 its class, classes (multi-label) or value (classification, regression heads).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ FORMAT_KIND = {
     "unpaired": "unpaired",
     "prompt_only": "prompt_only",
     "text": "text",
+    "retrieval": "retrieval",
+    "scored_pair": "scored_pair",
+    "labeled_text": "labeled_text",
 }
 
 
@@ -249,6 +258,78 @@ def from_text(row: dict[str, Any], columns: dict[str, str]) -> Record:
     return {"text": text}
 
 
+def _nonempty(row: dict[str, Any], columns: dict[str, str], name: str, *aliases: str) -> str:
+    """A required, non-blank text field; `aliases` are other common names for it (`anchor` for `query`)."""
+    if name not in columns and name not in row:
+        name = next((alias for alias in aliases if row.get(alias) is not None), name)
+    value = _text(row, columns, name)
+    if not value.strip():
+        raise RowError(f"field `{_column(columns, name)}` is empty")
+    return value
+
+
+def _negatives(row: dict[str, Any], columns: dict[str, str]) -> list[str]:
+    """Hard negatives as `negatives` (a list), `negative` (one text or a list) or `negative_1`, `negative_2`..."""
+    for name in ("negatives", "negative"):
+        value = _field(row, columns, name, required=False)
+        if value is not None:
+            values = [value] if isinstance(value, str) else value
+            break
+    else:
+        numbered = sorted((k for k in row if re.fullmatch(r"negative_\d+", str(k))), key=lambda k: int(k[9:]))
+        values = [row[k] for k in numbered if row[k] is not None]
+    if not isinstance(values, list):
+        raise RowError(f"field `{_column(columns, name)}` must be a text or a list of texts")
+    for index, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise RowError(f"negative {index + 1} is {'empty' if isinstance(value, str) else type(value).__name__}")
+    return values
+
+
+def from_retrieval(row: dict[str, Any], columns: dict[str, str]) -> Record:
+    query = _nonempty(row, columns, "query", "anchor", "question")
+    positive = _nonempty(row, columns, "positive", "document", "passage")
+    negatives = _negatives(row, columns)
+    if positive in negatives:
+        raise RowError("the positive is also listed as a negative")
+    return {"query": query, "positive": positive, "negatives": negatives}
+
+
+def from_scored_pair(row: dict[str, Any], columns: dict[str, str]) -> Record:
+    text1 = _nonempty(row, columns, "text1", "sentence1", "query")
+    text2 = _nonempty(row, columns, "text2", "sentence2", "document")
+    if "score" not in columns and "score" not in row and "label" in row:
+        columns = {**columns, "score": "label"}
+    score = _field(row, columns, "score")
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        try:
+            score = float(score)
+        except (TypeError, ValueError):
+            raise RowError(f"field `{_column(columns, 'score')}` must be a number, got {score!r}") from None
+    return {"text1": text1, "text2": text2, "score": float(score)}
+
+
+def from_labeled_text(row: dict[str, Any], columns: dict[str, str]) -> Record:
+    text = _nonempty(row, columns, "text", "sentence", "question")
+    pair = _field(row, columns, "text_pair", required=False)
+    if pair is not None and (not isinstance(pair, str) or not pair.strip()):
+        raise RowError(f"field `{_column(columns, 'text_pair')}` must be a non-empty text")
+    label = _field(row, columns, "label")
+    if isinstance(label, list):
+        if not all(isinstance(item, str | int) and not isinstance(item, bool) for item in label):
+            raise RowError(f"field `{_column(columns, 'label')}` must be a list of class names")
+        label = [str(item) for item in label]
+    elif isinstance(label, int | str) and not isinstance(label, bool):
+        label = str(label)
+        if not label.strip():
+            raise RowError(f"field `{_column(columns, 'label')}` is empty")
+    elif isinstance(label, float):
+        pass  # a regression target
+    else:
+        raise RowError(f"field `{_column(columns, 'label')}` must be a class name, a list of them or a number")
+    return {"text": text, "text_pair": pair, "label": label}
+
+
 FORMATS: dict[str, Callable[[dict[str, Any], dict[str, str]], Record]] = {
     "messages": from_messages,
     "sharegpt": from_sharegpt,
@@ -258,6 +339,9 @@ FORMATS: dict[str, Callable[[dict[str, Any], dict[str, str]], Record]] = {
     "unpaired": from_unpaired,
     "prompt_only": from_prompt_only,
     "text": from_text,
+    "retrieval": from_retrieval,
+    "scored_pair": from_scored_pair,
+    "labeled_text": from_labeled_text,
 }
 
 

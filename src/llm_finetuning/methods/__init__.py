@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from llm_finetuning.methods import grpo, preference, pretrain, rlhf, sft
+from llm_finetuning.methods import classify, embedding, grpo, preference, pretrain, reranker, rlhf, sft
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,12 @@ class Method:
     module: ModuleType
     needs_chat_template: bool = True
     head: str = "causal_lm"
+    runs_itself: bool = False
+    """Models that read text (embedding, reranker, classify, multi-head): the module's `train_run` drives its own
+    trainer inside the run directory, instead of the causal-LM path's `prepare` and `build_trainer`."""
+
+    def train_run(self, *args):  # noqa: ANN002, ANN201
+        return self.module.train_run(*args)
 
     def prepare(self, *args):  # noqa: ANN002, ANN201 - forwarded as is
         return self.module.prepare(*args)
@@ -34,4 +40,7 @@ METHODS: dict[str, Method] = {
     "kto": Method(preference),
     "ppo": Method(rlhf),
     "grpo": Method(grpo),
+    "embedding": Method(embedding, needs_chat_template=False, head="embedding", runs_itself=True),
+    "reranker": Method(reranker, needs_chat_template=False, head="cross_encoder", runs_itself=True),
+    "classify": Method(classify, needs_chat_template=False, head="sequence_classification", runs_itself=True),
 }

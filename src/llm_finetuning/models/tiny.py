@@ -10,6 +10,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    BertConfig,
+    BertModel,
     LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -49,7 +51,10 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
 ) -> PreTrainedModel:
-    """A randomly-initialised causal LM of the given shape whose vocabulary matches `tokenizer`."""
+    """A randomly-initialised causal LM of the given shape whose vocabulary matches `tokenizer` (a BERT encoder
+    without a head for `architecture: bert`)."""
+    if shape.architecture == "bert":
+        return _build_encoder(shape, tokenizer, dtype)
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[shape.architecture]
     config = config_class(
         vocab_size=len(tokenizer),
@@ -69,3 +74,19 @@ def build_model(
         torch.manual_seed(shape.seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     return model
+
+
+def _build_encoder(shape: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, dtype: torch.dtype) -> PreTrainedModel:
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size or 4 * shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(shape.seed)
+        model = BertModel(config)
+    return model.to(dtype)

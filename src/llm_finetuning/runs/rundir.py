@@ -129,6 +129,12 @@ def write_config(run: RunDir, config: Config) -> None:
     run.config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
 
 
+def write_config_copy(config: Config, run: RunDir) -> None:
+    """The config beside the weights in `final/`, so the folder describes itself when copied elsewhere."""
+    with (run.final / "llmft_config.yaml").open("w", encoding="utf-8") as handle:
+        yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
+
+
 def git_commit(cwd: Path | None = None) -> dict[str, Any] | None:
     """The project's git commit (and whether the tree had changes), or None outside a repository."""
     try:
