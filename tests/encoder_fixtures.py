@@ -55,3 +55,15 @@ def tiny_cross_encoder(path: Path, seed: int = 0) -> Path:
         model = CrossEncoder(str(encoder), num_labels=1, max_length=128)
     model.save_pretrained(str(path))
     return path
+
+
+def fake_encoder_run(run: Path, method: str, seed: int = 0) -> Path:
+    """A run directory as the `embedding` or `reranker` method leaves it: the model in `RUN/final/`, beside the
+    `llmft_config.yaml` that names the method. Returns the run directory."""
+    import yaml
+
+    final = run / "final"
+    (tiny_sentence_transformer if method == "embedding" else tiny_cross_encoder)(final, seed=seed)
+    config = {"method": {"name": method}, "model": {"name": "tiny"}}
+    (final / "llmft_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return run

@@ -31,6 +31,8 @@ pytestmark = [
 ]
 
 TINY = "{architecture: llama, hidden_size: 64, num_layers: 1, num_heads: 4, num_kv_heads: 2}"  # 64: 4-bit blocks
+TINY_ENCODER = "{architecture: bert, hidden_size: 32, num_layers: 1, num_heads: 4}"
+ENCODER_METHODS = ("embedding", "reranker", "classify", "multi_head")
 RECIPES = all_recipes()
 TRAIN_ROWS, EVAL_ROWS = 8, 2
 # PEFT's name for each adapter method, as written in final/adapter_config.json.
@@ -69,9 +71,11 @@ def reward_runs(tmp_path_factory: pytest.TempPathFactory, rows_dir: Path) -> dic
 
 def smoke_overrides(config: Config, rows_dir: Path, run_dir: Path, judge_url: str | None = None) -> list[str]:
     """Overrides that shrink a recipe to one step of a tiny model on local data, keeping everything else."""
+    encoder = config.method.name in ENCODER_METHODS
     overrides = [
         "model.name=tiny",
-        f"model.tiny={TINY}",
+        f"model.tiny={TINY_ENCODER if encoder else TINY}",
+        *(["model.dtype=auto"] if encoder else []),
         f"output_dir={run_dir}",
         "training.max_steps=1",
         "training.logging_steps=1",
@@ -93,6 +97,8 @@ def smoke_overrides(config: Config, rows_dir: Path, run_dir: Path, judge_url: st
         if config.method.judge is not None:
             overrides += [f"method.judge.base_url={judge_url}", "method.judge.api_key_env=null"]
             overrides += ["method.judge.cache=false", "method.judge.max_retries=0"]
+    if getattr(config.method, "matryoshka_dims", None):
+        overrides.append("method.matryoshka_dims=[16, 8]")  # within the tiny encoder's 32 dimensions
     if method == "ppo":
         overrides += ["method.mini_batch_size=2", "method.max_new_tokens=8", "method.ppo_epochs=1"]
     return overrides
@@ -105,6 +111,11 @@ def check_run(run_dir: Path, config: Config) -> list[dict[str, Any]]:
     assert manifest["data"]["stats"]["train"]["examples"] > 0
     final = run_dir / "final"
     assert (final / "tokenizer_config.json").is_file() and (final / "llmft_config.yaml").is_file()
+    if config.method.name in ENCODER_METHODS:
+        assert (final / "config.json").is_file() and not (final / "adapter_config.json").exists()  # LoRA merged
+        if config.method.name in ("embedding", "reranker"):
+            assert (final / "modules.json").is_file()  # sentence-transformers' layout
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     adapter = json.loads((final / "adapter_config.json").read_text())
     assert adapter["peft_type"] == PEFT_TYPE[config.adapter.method]
     assert adapter.get("use_dora", False) == (config.adapter.method == "dora")

@@ -8,6 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from llm_finetuning.check.config_checks import check_learning_rate
+from llm_finetuning.check.data_checks import method_kind
 from llm_finetuning.check.report import CheckReport
 from llm_finetuning.cli.main import app
 from llm_finetuning.config import load_config
@@ -40,7 +41,9 @@ PARADIGMS = (
     "multi_hop_question_answering",
     "medical_question_answering",
     "preference_alignment",
+    "retrieval_and_classification",
 )
+ENCODER_METHODS = ("embedding", "reranker", "classify", "multi_head")
 RECIPES = all_recipes()
 NAMES = [r.name for r in RECIPES]
 # Adapter method a recipe folder stands for.
@@ -75,11 +78,16 @@ def test_every_recipe_validates_and_is_self_consistent(name):
     assert config.output_dir == f"runs/{name}"
     assert config == load_config(recipe.path)
     # A description that says what is trained: at least a sentence naming the model family.
-    assert len(recipe.description) > 120 and "Qwen2.5" in recipe.description
+    family = config.model.name if config.method.name in ENCODER_METHODS else "Qwen2.5"
+    assert len(recipe.description) > 120 and family in recipe.description
     # Every named dataset exists and gives the records the method trains on.
     datasets = dataset_registry()
-    kind = METHOD_KIND.get(config.method.name, "preference")
     for source in [*config.data.train, *config.data.eval]:
+        kind = (
+            method_kind(config, source)
+            if config.method.name in ENCODER_METHODS
+            else METHOD_KIND.get(config.method.name, "preference")
+        )
         assert source.dataset in datasets, source.dataset
         assert kind in datasets[source.dataset].converters, (source.dataset, kind)
     # The learning rate is in the usual range of its method and adapter (the collection's were not).
@@ -148,7 +156,8 @@ def test_ppo_recipes_read_the_reward_model_their_reward_recipe_writes():
 @pytest.mark.parametrize("name", [n for n in NAMES if "/cpu/" in n])
 def test_cpu_recipes_are_laptop_sized(name):
     config = load_config(name)
-    assert config.model.name == "Qwen/Qwen2.5-0.5B-Instruct" and config.model.dtype == "float32"
+    small = "Qwen/Qwen2.5-0.5B-Instruct" if config.method.name not in ENCODER_METHODS else "MiniLM"
+    assert small in config.model.name and config.model.dtype == "float32"
     assert config.model.quantization == "none" and config.training.mixed_precision == "no"
     assert config.training.max_steps is not None and config.training.max_steps <= 50
     assert all(source.max_samples and source.max_samples <= 200 for source in config.data.train)

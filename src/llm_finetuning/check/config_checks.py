@@ -16,6 +16,10 @@ FAMILY = {
     "kto": "preference",
     "ppo": "rl",
     "grpo": "rl",
+    "embedding": "encoder",
+    "reranker": "encoder",
+    "classify": "encoder",
+    "multi_head": "encoder",
 }
 ADAPTER_FAMILY = {
     "full": "full",
@@ -42,6 +46,9 @@ USUAL_LR: dict[tuple[str, str], tuple[float, float]] = {
     ("rl", "lora"): (1e-6, 2e-4),
     ("rl", "ia3"): (1e-5, 5e-3),
     ("rl", "prompt"): (1e-5, 0.05),
+    # sentence-transformers' and text-classification recipes: 2e-5 full, ~1e-4 with LoRA.
+    ("encoder", "full"): (1e-6, 2e-4),
+    ("encoder", "lora"): (1e-5, 2e-3),
 }
 
 

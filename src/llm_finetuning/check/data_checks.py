@@ -26,6 +26,25 @@ METHOD_KIND = {
     "ppo": "prompt_only",
     "grpo": "prompt_only",
 }
+
+
+def method_kind(config: Config, source: DataSource) -> str:
+    """The record kind `source` is read as for the config's method (multi-head: per head)."""
+    name = config.method.name
+    if name == "embedding":
+        return config.method.record_kind
+    if name == "reranker":
+        from llm_finetuning.methods.reranker import record_kind
+
+        return record_kind(config)
+    if name == "classify":
+        return "labeled_text"
+    if name == "multi_head":
+        head = next(h for h in config.method.heads if h.name == source.head)
+        return "text" if head.type == "lm" else "labeled_text"
+    return METHOD_KIND[name]
+
+
 PREVIEW = 3  # encoded examples kept for the masked preview
 KTO_BALANCE = (0.75, 1.6)  # desirable : undesirable after weights; the KTO paper recommends 1 to 4/3
 
@@ -34,14 +53,14 @@ def sample_sources(
     config: Config, tokenizer: PreTrainedTokenizerBase, report: CheckReport, rows: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Read up to `rows` rows of every source, record what they show, and return the records by split."""
-    kind = METHOD_KIND[config.method.name]
     records: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+    located: dict[str, list[tuple[str, dict[str, Any]]]] = {"train": [], "eval": []}
     splits = [("train", source) for source in config.data.train] + [("eval", s) for s in config.data.eval]
     for split, source in splits:
         sample = SourceSample(source.label, split)
         report.sources.append(sample)
         try:
-            loaded = _read(source, kind, rows, sample)
+            loaded = _read(source, method_kind(config, source), rows, sample)
         except UserError as exc:
             report.add("error", f"data.{split} {source.label}", str(exc))
             continue
@@ -55,7 +74,9 @@ def sample_sources(
                 f"{sample.bad_rows[0]}",
             )
         records[split].extend(record for _, record in loaded)
+        located[split].extend(loaded)
         _measure(config, tokenizer, [r for _, r in loaded], sample, report)
+    _check_encoder_rows(config, located, report)
     _check_kto_balance(config, records["train"], report)
     _check_overlap(records, report)
     deduplicated = config.data.clean is not None and config.data.clean.dedup.exact
@@ -126,7 +147,37 @@ def _completions_end_with_eos(encoded: Encoded, eos: int) -> bool:
     return bool(ends) and all(labels[i] == eos for i in ends)
 
 
+def _check_encoder_rows(config: Config, located: dict[str, list], report: CheckReport) -> None:
+    """What the embedding, reranker and classify methods refuse beyond the format (a triplet without a negative,
+    a label outside `method.labels`...), found on the sample exactly as training would find it."""
+    from llm_finetuning.errors import DataError
+    from llm_finetuning.methods import classify, embedding, reranker
+    from llm_finetuning.methods.encoder_common import EncoderData
+
+    name = config.method.name
+    if name not in ("embedding", "reranker", "classify") or not located["train"]:
+        return
+    try:
+        if name == "embedding":
+            embedding.check_rows(config, EncoderData(located["train"], located["eval"], {}, {}))
+        elif name == "reranker":
+            reranker.check_rows(config, reranker.record_kind(config), located["train"] + located["eval"])
+        else:
+            labels = classify.resolve_labels(config, located["train"], located["eval"])
+            report.add("info", "method.labels", f"{len(labels)} classes: {', '.join(labels)}")
+    except DataError as exc:
+        report.add("error", f"method {name}", str(exc))
+
+
 def _record_length(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any]) -> int:
+    if "query" in record:  # retrieval: the longest text the encoder reads
+        texts = [record["query"], record["positive"], *record["negatives"]]
+        return max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    if "text1" in record:
+        return max(len(tokenizer(record[k], add_special_tokens=False)["input_ids"]) for k in ("text1", "text2"))
+    if "text_pair" in record:
+        pair = record["text_pair"]
+        return len(tokenizer(record["text"], pair, add_special_tokens=False)["input_ids"])
     if "text" in record:
         return len(tokenizer(record["text"], add_special_tokens=False)["input_ids"])
     responses = [record[k] for k in ("chosen", "rejected", "completion") if k in record] or [[]]

@@ -47,7 +47,7 @@ def run_checks(config: Config, rows: int = SAMPLE_ROWS, gpu: str | None = None, 
             f"special tokens{' ' + ', '.join(changes.added_tokens) if changes.added_tokens else ''} the model has "
             "never seen. That works, but an instruct model of the same family learns the format far faster.",
         )
-    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+    if tokenizer.pad_token_id == tokenizer.eos_token_id and not method.runs_itself:
         report.add("error", "tokenizer", "the pad token is the EOS token: EOS would be masked out with the padding.")
     for note in changes.notes:
         report.add("info", "tokenizer", note)

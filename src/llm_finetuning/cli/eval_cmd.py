@@ -251,6 +251,13 @@ def eval_cmd(
             setattr(settings, name, value)
     settings.temperature = temperature
     out_dir = Path(output) if output else (Path(target) / "eval" if is_run_dir(target) else Path("eval"))
+    from llm_finetuning.evaluation.encoder_tasks import model_kind
+
+    if model_kind(target) is not None:
+        if modes and modes != ["--before-after"]:
+            raise UserError(f"{modes[0]} evaluates generative models; {target} is a `{model_kind(target)}` model")
+        _encoder_eval(target, tasks, _pairs(paths, "--path"), limit, run_config, settings.batch_size, before_after)
+        return
     judge = _judge(judge_config, run_config)
     try:
         if golden:
@@ -272,6 +279,23 @@ def eval_cmd(
     finally:
         if judge is not None:
             judge.close()
+
+
+def _encoder_eval(target, tasks, paths, limit, run_config, batch_size, before_after) -> None:
+    """Retrieval, reranking and classification tasks on an embedding, reranker or classifier model or run."""
+    from llm_finetuning.evaluation import encoder_tasks
+    from llm_finetuning.evaluation.models import is_run_dir
+
+    chosen = _tasks(tasks, paths, limit, run_config)
+    if before_after:
+        table = encoder_tasks.before_after(target, chosen, batch_size, limit)
+        console.print((Path(target) / "eval" / "before_after.md").read_text(encoding="utf-8"), markup=False)
+        console.print(f"{len(table)} metrics in {Path(target) / 'eval' / 'before_after.json'}", soft_wrap=True)
+        return
+    out_dir = Path(target) / "eval" if is_run_dir(target) else Path("eval")
+    results = encoder_tasks.evaluate(target, chosen, out_dir, batch_size, limit)
+    _print_results(results, f"{target}")
+    console.print(f"results in {out_dir}/", soft_wrap=True, highlight=False)
 
 
 def _golden(target, golden, baseline, tolerance, settings, judge, out_dir) -> None:

@@ -1,4 +1,5 @@
-"""`llmft serve`: an OpenAI-compatible HTTP server for a run directory or a model (and adapters of its base)."""
+"""`llmft serve`: an OpenAI-compatible HTTP server for a run directory or a model (and adapters of its base), or
+for an embedding or reranker run (/v1/embeddings, /v1/rerank)."""
 
 from __future__ import annotations
 
@@ -38,37 +39,55 @@ def serve(
         None, help="Prompt + completion tokens allowed (default: the run's data.max_length, else the model's)."
     ),
     max_tokens: int = typer.Option(1024, help="Largest max_tokens a request may ask for."),
-    max_batch_size: int = typer.Option(32, help="Most sequences generated together."),
-    max_queue: int = typer.Option(256, help="Sequences that may wait; beyond, requests get 429 with Retry-After."),
+    max_batch_size: int = typer.Option(32, help="Most sequences generated (or texts encoded) together."),
+    max_queue: int = typer.Option(
+        256, help="Sequences (encoder models: requests) that may wait; beyond, requests get 429 with Retry-After."
+    ),
     request_timeout: float = typer.Option(300.0, help="Seconds one request may take, queue wait included (504)."),
     max_body_bytes: int = typer.Option(1 << 20, help="Largest request body (413 beyond)."),
     tensor_parallel: int = typer.Option(1, help="--engine vllm: GPUs to split the model over."),
 ) -> None:
-    """Serve /v1/models, /v1/chat/completions and /v1/completions (streaming too), /health and /metrics."""
+    """Serve /v1/models, /v1/chat/completions and /v1/completions (streaming too), /health and /metrics; for an
+    embedding run /v1/embeddings, for a reranker run /v1/rerank, instead of the two generation endpoints."""
     setup_logging()
     adapters = parse_adapters(adapter)
     name = model_id or os.path.basename(os.path.normpath(target))
-    if engine == "vllm":
+    from llm_finetuning.serve.encoders import encoder_kind
+
+    kind = encoder_kind(target)
+    if kind is not None:
+        given = [flag for flag, value in (("--adapter", adapters), ("--context-length", context_length)) if value]
+        if engine != "embedded":
+            given.append(f"--engine {engine}")
+        if given:  # refused rather than ignored: each only means something for a text-generation model
+            raise UserError(f"{', '.join(given)}: not for a {kind} model, which the embedded engine serves on its own")
+    elif engine == "vllm":
         _serve_vllm(target, name, adapters, host, port, api_key, context_length, max_batch_size, tensor_parallel)
         return
-    if engine != "embedded":
+    elif engine != "embedded":
         raise UserError(f"--engine {engine}: choose embedded or vllm")
-    from llm_finetuning.serve.loading import load_served
     from llm_finetuning.serve.server import Engine, ServerLimits, create_server
 
-    loaded = load_served(target, name, adapters)
+    if kind is not None:
+        from llm_finetuning.serve.encoders import load_encoder
+
+        served = load_encoder(target, name, kind, max_batch_size=max_batch_size, max_queue=max_queue)
+    else:
+        from llm_finetuning.serve.loading import load_served
+
+        loaded = load_served(target, name, adapters)
+        served = Engine(
+            loaded.model,
+            loaded.tokenizer,
+            name,
+            served=loaded.served,
+            context_length=context_length or loaded.trained_length,
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+        )
     limits = ServerLimits(max_tokens=max_tokens, request_timeout_s=request_timeout, max_body_bytes=max_body_bytes)
-    batching = Engine(
-        loaded.model,
-        loaded.tokenizer,
-        name,
-        served=loaded.served,
-        context_length=context_length or loaded.trained_length,
-        max_batch_size=max_batch_size,
-        max_queue=max_queue,
-    )
-    server = create_server(batching, host, port, api_key, limits)
-    models = ", ".join(batching.model_ids())
+    server = create_server(served, host, port, api_key, limits)
+    models = ", ".join(served.model_ids())
     console.print(f"serving [bold]{models}[/] on http://{host}:{server.server_address[1]}/v1 (Ctrl-C stops)")
     try:
         server.serve_forever()

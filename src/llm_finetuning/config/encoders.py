@@ -46,8 +46,8 @@ class EmbeddingMethod(Section):
     """Scale embeddings to unit length (so the dot product is the cosine similarity)."""
     scale: float = Field(20.0, gt=0)
     """`mnrl`/`cached_mnrl`: inverse temperature applied to the similarities."""
-    mini_batch_size: int = Field(16, gt=0)
-    """`cached_mnrl`: examples per forward pass inside a batch (memory), independent of the batch size."""
+    mini_batch_size: int | None = Field(None, gt=0)
+    """`cached_mnrl`: examples per forward pass inside a batch (memory), independent of the batch size. Unset: 16."""
     margin: float | None = Field(None, gt=0)
     """`triplet` (Euclidean, default 5) and `contrastive` (cosine distance, default 0.5): the margin."""
     query_prompt: str | None = None
@@ -70,7 +70,7 @@ class EmbeddingMethod(Section):
     def _margin_applies(self) -> EmbeddingMethod:
         if self.margin is not None and self.loss not in ("triplet", "contrastive"):
             raise ValueError(f"`method.margin` applies to the `triplet` and `contrastive` losses, not `{self.loss}`")
-        if "mini_batch_size" in self.model_fields_set and self.loss != "cached_mnrl":
+        if self.mini_batch_size is not None and self.loss != "cached_mnrl":
             raise ValueError("`method.mini_batch_size` applies to `loss: cached_mnrl` only")
         return self
 
@@ -118,8 +118,8 @@ class ClassifyMethod(Section):
     class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
     """Loss weight per class against imbalance: `balanced` (inverse frequency in the training rows, averaging 1), a
     mapping `{label: weight}` (unlisted labels weigh 1), or `none`."""
-    threshold: float = Field(0.5, gt=0, lt=1)
-    """`multi_label`: the probability above which a class is predicted."""
+    threshold: float | None = Field(None, gt=0, lt=1)
+    """`multi_label`: the probability above which a class is predicted. Unset: 0.5."""
 
     @field_validator("labels")
     @classmethod
@@ -138,6 +138,6 @@ class ClassifyMethod(Section):
                     f"`method.class_weights` names {', '.join(unknown)}, not in `method.labels` "
                     f"({', '.join(self.labels)})"
                 )
-        if "threshold" in self.model_fields_set and not self.multi_label:
+        if self.threshold is not None and not self.multi_label:
             raise ValueError("`method.threshold` applies with `multi_label: true` only")
         return self

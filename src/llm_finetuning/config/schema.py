@@ -180,7 +180,8 @@ class DataSource(Section):
         if self.dataset is not None:
             if self.hub is not None:
                 raise conflict("dataset", "hub", " (a named dataset knows its hub id)")
-            if "format" in self.model_fields_set or self.columns:
+            # A resolved config (config.yaml) spells out the default format: only another one is a conflict.
+            if self.format != "messages" or self.columns:
                 raise ValueError("a named `dataset` maps its own rows; remove `format` and `columns`")
             return self
         if (self.path is None) == (self.hub is None):

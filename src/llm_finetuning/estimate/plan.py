@@ -243,6 +243,10 @@ def _grpo_option(config: Config, key: str, notes: Notes) -> Any:
     return default
 
 
+ENCODER_METHODS = ("embedding", "reranker", "classify", "multi_head")
+"""Models that read text and end in a small head: no generation, no LM head unless a multi-head has one."""
+
+
 def build_plan(
     config: Config,
     shape: ModelShape,
@@ -263,8 +267,10 @@ def build_plan(
     if gpus < 1:
         raise UserError(f"--gpus: must be at least 1 (got {gpus}).")
     method, training, adapter = config.method.name, config.training, config.adapter
-    if method == "reward":
-        shape = shape.as_reward_model()
+    encoder = method in ENCODER_METHODS
+    lm_head = method == "multi_head" and any(head.type == "lm" for head in config.method.heads)
+    if method == "reward" or (encoder and not lm_head):
+        shape = shape.as_reward_model()  # a small head (pooling + linear, or a score) instead of the LM head
     params = count(shape, adapter)
     peft = not isinstance(adapter, FullAdapter | FreezeAdapter)
     dtype, mixed = _precision(config, shape, device, gpu, notes, cpu_bf16)
@@ -280,7 +286,18 @@ def build_plan(
     sequences, scored, accumulation = batch, seq, training.gradient_accumulation_steps
     loss = codepaths.lm_head(config, shape, device, sharding, notes)
     generation, ppo_epochs, passes = None, 1, 1
-    if method in ("dpo", "orpo", "reward"):
+    if encoder:
+        loss = "full" if lm_head else "score"
+        if method == "embedding" and config.method.record_kind == "retrieval":
+            # Query, positive and (assumed) one hard negative per row go through the encoder in one step.
+            sequences = 3 * batch
+            notes.info("embedding: 3 texts per row assumed (query, positive, one hard negative)")
+            if config.method.loss == "cached_mnrl":
+                sequences = min(sequences, config.method.mini_batch_size or 16)
+                notes.info("cached_mnrl: activations of one mini-batch at a time (GradCache)")
+        elif method == "embedding":
+            sequences = 2 * batch
+    elif method in ("dpo", "orpo", "reward"):
         sequences = 2 * batch  # chosen and rejected go through the model together
         loss = {"dpo": "fused", "orpo": "full", "reward": "score"}[method]
     elif method == "ppo":

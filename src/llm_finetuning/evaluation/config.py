@@ -20,7 +20,8 @@ class EvalTaskConfig(Section):
     name: str
     """Task name: `gsm8k_accuracy`, `math_boxed_accuracy`, `arc_generate`, `arc_loglik`, `medqa_generate`,
     `medqa_loglik`, `pubmedqa_accuracy`, `hotpotqa_qa`, `freshqa_qa`, `popqa_qa`, `perplexity`, `rouge_bleu`
-    or `judged`."""
+    or `judged`; for embedding, reranker and classifier models `pubmedqa_retrieval`, `pubmedqa_rerank`,
+    `pubmedqa_classify`, or `retrieval`, `rerank`, `classification` on a file."""
     path: str | None = None
     """A local file instead of the hub copy: for dataset tasks, a file in the named dataset's own layout (e.g.
     GSM8K's `test.jsonl`); for `perplexity` a `.txt` document or rows with a text column; for `rouge_bleu` and
@@ -32,9 +33,12 @@ class EvalTaskConfig(Section):
     """Dataset split (`test`, `eval`, `train` or a hub split name); each task has a default (usually `test`)."""
     subset: str | None = None
     """Hub configuration of the dataset (e.g. `ARC-Easy` for the ARC tasks)."""
-    format: Literal["prompt_completion", "alpaca", "messages", "sharegpt", "text"] | None = None
+    format: (
+        Literal["prompt_completion", "alpaca", "messages", "sharegpt", "text", "retrieval", "labeled_text"] | None
+    ) = None
     """Row format of `path` for `rouge_bleu`/`judged` (default `prompt_completion`: the last assistant turn is
-    the reference) and `perplexity` (default `text`)."""
+    the reference), `perplexity` (default `text`), `retrieval`/`rerank` (`retrieval`) and `classification`
+    (`labeled_text`)."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Map from the format's field name to the file's column, as in `data.*.columns` (e.g. `{text: body}`)."""
     limit: int | None = Field(None, gt=0)
@@ -78,7 +82,10 @@ class EvalTaskConfig(Section):
             raise ValueError(f"`window` and `stride` apply to the `perplexity` task, not `{self.name}`")
         if self.window is not None and self.stride is not None and self.stride > self.window:
             raise ValueError(f"`stride` ({self.stride}) cannot exceed `window` ({self.window}): tokens would be missed")
-        if self.format is not None and (self.format == "text") != (spec.kind == "perplexity"):
+        fits = {"perplexity": ("text",), "retrieval": ("retrieval",), "rerank": ("retrieval",)}
+        fits["classification"] = ("labeled_text",)
+        allowed = fits.get(spec.kind, ("prompt_completion", "alpaca", "messages", "sharegpt"))
+        if self.format is not None and self.format not in allowed:
             raise ValueError(f"`format: {self.format}` does not fit task `{self.name}`")
         if self.rubric is not None and spec.kind != "judged":
             raise ValueError(f"`rubric` applies to the `judged` task, not `{self.name}`")

@@ -31,7 +31,7 @@ from llm_finetuning.rewards.extract import (
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["generate", "loglik", "perplexity", "judged"]
+Kind = Literal["generate", "loglik", "perplexity", "judged", "retrieval", "rerank", "classification"]
 Messages = list[dict[str, Any]]
 
 
@@ -255,6 +255,47 @@ TASKS: dict[str, TaskSpec] = {
             score=score_overlap,
             metrics=("rouge1", "rouge2", "rougeL", "sentence_bleu"),
             needs_target=True,
+        ),
+        TaskSpec(
+            "pubmedqa_retrieval",
+            "retrieval",
+            "PubMedQA (PQA-L) questions against the abstracts of every row (embedding models): NDCG@10, MRR@10, "
+            "MAP@100, recall@1/5/10.",
+            dataset="pubmedqa",
+            split="train",
+        ),
+        TaskSpec(
+            "pubmedqa_rerank",
+            "rerank",
+            "PubMedQA: each question's abstract among the 9 others that share the most words with it (rerankers): "
+            "NDCG@10, MRR@10, MAP.",
+            dataset="pubmedqa",
+            split="train",
+        ),
+        TaskSpec(
+            "pubmedqa_classify",
+            "classification",
+            "PubMedQA: question + abstract -> yes/no/maybe (classifiers): accuracy, macro F1, F1 per class.",
+            dataset="pubmedqa",
+            split="train",
+        ),
+        TaskSpec(
+            "retrieval",
+            "retrieval",
+            "`retrieval` rows of a file (query, positive, negatives; corpus: every positive and negative).",
+            split="test",
+        ),
+        TaskSpec(
+            "rerank",
+            "rerank",
+            "`retrieval` rows of a file: each query's positive among its negatives (or lexically close positives).",
+            split="test",
+        ),
+        TaskSpec(
+            "classification",
+            "classification",
+            "`labeled_text` rows of a file: accuracy, macro F1, F1 per class.",
+            split="test",
         ),
         TaskSpec(
             "judged",

@@ -229,7 +229,7 @@ def score(
     logits = predict(model, tokenizer, dataset, batch_size)
     gold = np.array(dataset["labels"])
     if config.method.multi_label:
-        predicted = (1 / (1 + np.exp(-logits)) > config.method.threshold).astype(int)
+        predicted = (1 / (1 + np.exp(-logits)) > (config.method.threshold or 0.5)).astype(int)
         gold = gold.astype(int)
     else:
         predicted = logits.argmax(-1)

@@ -50,7 +50,7 @@ def train_run(
     train, evaluation = to_dataset(config, data.train), to_dataset(config, data.eval) if data.eval else None
     retrieval = RetrievalSet.from_rows(data.eval) if data.eval and method.record_kind == "retrieval" else None
     before = retrieval_metrics(model, retrieval, config.training.per_device_batch_size) if retrieval else None
-    model[0].auto_model = adapt(model[0].auto_model, config, "FEATURE_EXTRACTION")
+    model[0].model = adapt(model[0].model, config, "FEATURE_EXTRACTION", unused=("pooler",))
     sampler = "no_duplicates" if method.no_duplicates and method.record_kind == "retrieval" else "batch_sampler"
     args = trainer_arguments(
         config,
@@ -71,7 +71,7 @@ def train_run(
     outcome = run_trainer(trainer, checkpoint, stop)
     if outcome.status != "completed":
         return outcome
-    model[0].auto_model = merged(model[0].auto_model)
+    model[0].model = merged(model[0].model)
     if retrieval is not None:
         after = retrieval_metrics(model, retrieval, config.training.per_device_batch_size)
         outcome.metrics.update({f"eval/retrieval/{k}": v for k, v in after.items()})
@@ -147,11 +147,13 @@ def to_dataset(config: Config, rows: list[tuple[str, dict[str, Any]]]) -> Datase
             }
         )
     count = min(len(r["negatives"]) for _, r in rows)
+    if config.method.loss == "triplet":
+        count = 1  # a triplet is one negative
     extra = sum(len(r["negatives"]) - count for _, r in rows)
     if extra:
         logger.warning(
-            "%d hard negatives are not used: rows have between %d and %d, and every row takes %d (the fewest). "
-            "Give rows the same number of negatives to use them all.",
+            "%d hard negatives are not used: rows have between %d and %d, and every row takes %d (the fewest; "
+            "`triplet` takes one). Give rows the same number of negatives to use them all.",
             extra,
             count,
             max(len(r["negatives"]) for _, r in rows),
@@ -187,7 +189,7 @@ def build_loss(config: Config, model: Any) -> Any:
         loss = losses.MultipleNegativesRankingLoss(model, scale=method.scale)
     elif method.loss == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(
-            model, scale=method.scale, mini_batch_size=method.mini_batch_size
+            model, scale=method.scale, mini_batch_size=method.mini_batch_size or 16
         )
     elif method.loss == "triplet":
         loss = losses.TripletLoss(model, triplet_margin=method.margin or 5.0)

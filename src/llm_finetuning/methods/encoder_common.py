@@ -23,7 +23,7 @@ from llm_finetuning.data.reading import source_fingerprint
 from llm_finetuning.errors import ConfigError, DataError
 from llm_finetuning.methods.common import apply_extra, training_arguments
 from llm_finetuning.models.adapters import count_parameters, freeze_except, peft_config
-from llm_finetuning.models.loading import load_tokenizer
+from llm_finetuning.models.loading import load_tokenizer, prepare_tokenizer
 from llm_finetuning.runs.rundir import RunDir, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ def base_model_dir(config: Config, run: RunDir) -> str:
     from llm_finetuning.models import tiny
 
     tokenizer = load_tokenizer(config.model)
+    if tokenizer.pad_token is None:  # batches of texts are padded (GPT-2's tokenizer has no pad token)
+        prepare_tokenizer(tokenizer, None, require_template=False)
     model = tiny.build_model(config.model.tiny, tokenizer)
     model.save_pretrained(run.base)
     tokenizer.save_pretrained(run.base)
@@ -130,17 +132,28 @@ def is_decoder(model_dir: str, config: Config) -> bool:
     return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or bool(getattr(model_config, "is_decoder", False))
 
 
-def adapt(model: PreTrainedModel, config: Config, task_type: str) -> PreTrainedModel:
-    """The network with its adapter: a PEFT model for LoRA/DoRA, the model itself (partly frozen) otherwise."""
+def adapt(model: PreTrainedModel, config: Config, task_type: str, unused: tuple[str, ...] = ()) -> PreTrainedModel:
+    """The network with its adapter: a PEFT model for LoRA/DoRA, the model itself (partly frozen) otherwise.
+
+    `unused` names modules the method never runs (BERT's pooler under a bi-encoder's own pooling): they stay frozen
+    and get no adapter, so nothing is trained, or kept in the optimizer, that cannot receive a gradient.
+    """
     from peft import get_peft_model
 
     adapter = config.adapter
+    present = sorted({name.split(".")[-1] for name, _ in model.named_modules()} & set(unused))
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in present:
+            module.requires_grad_(False)
     if adapter.method == "full":
-        wrapped = model
+        wrapped = model  # everything but `unused` trains
     elif adapter.method == "freeze":
         wrapped = freeze_except(model, adapter)
     else:
-        wrapped = get_peft_model(model, peft_config(adapter, task_type=task_type))
+        settings = peft_config(adapter, task_type=task_type)
+        if present:
+            settings.exclude_modules = present
+        wrapped = get_peft_model(model, settings)
     counts = count_parameters(wrapped)
     logger.info(
         "adapter %s: %s of %s parameters train", adapter.method, f"{counts['trainable']:,}", f"{counts['total']:,}"

@@ -65,7 +65,7 @@ def train_run(
     ranking = RetrievalSet.from_rows(evaluation_rows) if evaluation_rows else None
     batch = config.training.per_device_batch_size
     before = rerank_metrics(model, ranking, batch) if ranking else None
-    model[0].auto_model = adapt(model[0].auto_model, config, "SEQ_CLS")
+    model[0].model = adapt(model[0].model, config, "SEQ_CLS")
     train = to_dataset(config, kind, data.train)
     evaluation = to_dataset(config, kind, data.eval) if data.eval else None
     args = trainer_arguments(config, run, evaluation is not None, CrossEncoderTrainingArguments)
@@ -80,7 +80,7 @@ def train_run(
     outcome = run_trainer(trainer, checkpoint, stop)
     if outcome.status != "completed":
         return outcome
-    model[0].auto_model = merged(model[0].auto_model)
+    model[0].model = merged(model[0].model)
     if ranking is not None:
         after = rerank_metrics(model, ranking, batch)
         outcome.metrics.update({f"eval/rerank/{k}": v for k, v in after.items()})

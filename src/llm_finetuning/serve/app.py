@@ -1,5 +1,6 @@
 """The OpenAI-compatible ASGI application (FastAPI): `/v1/models`, `/v1/chat/completions`, `/v1/completions`
-(streamed as server-sent events too), `/health` and Prometheus `/metrics`.
+(streamed as server-sent events too), `/health` and Prometheus `/metrics`; for an embedding or reranking model,
+`/v1/embeddings` or `/v1/rerank` instead of the generation routes (serve/encoder_routes.py).
 
 Every request is bounded before it reaches the model: body size and read time, JSON shape, parameters, the
 model id and the context; the queue answers 429 when full. A client that goes away cancels its generation.
@@ -24,6 +25,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_finetuning.serve.encoder_routes import (
+    EMBEDDING_PATHS,
+    GENERATION_PATHS,
+    RERANK_PATHS,
+    add_encoder_routes,
+    add_refusals,
+)
+from llm_finetuning.serve.encoders import EncoderEngine
 from llm_finetuning.serve.engine import Delta, Engine, Failed, Finished, Ticket
 from llm_finetuning.serve.metrics import Metrics
 from llm_finetuning.serve.protocol import (
@@ -37,10 +46,11 @@ from llm_finetuning.serve.protocol import (
     parse_completion,
     parse_json,
 )
+from llm_finetuning.serve.reading import read_body, wait_disconnect
 
 logger = logging.getLogger("llm_finetuning.serve")
 
-_ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"}
+_ENDPOINTS = {*GENERATION_PATHS, *EMBEDDING_PATHS, *RERANK_PATHS, "/v1/models", "/health", "/metrics"}
 DEFAULT_MAX_TOKENS = 256
 
 
@@ -87,7 +97,9 @@ class _Outcome:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
 
 
-def create_app(engine: Engine, api_key: str | None = None, limits: ServerLimits | None = None) -> FastAPI:
+def create_app(
+    engine: Engine | EncoderEngine, api_key: str | None = None, limits: ServerLimits | None = None
+) -> FastAPI:
     """The application over `engine`; every route but /health needs `Authorization: Bearer <api_key>` when set."""
     limits = limits or ServerLimits()
     metrics = Metrics(engine.pending_count, engine.active_count)
@@ -150,6 +162,18 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServerLimits 
         raw = await read_body(request, limits)
         return parse_json(raw, request.headers.get("content-type"))
 
+    if isinstance(engine, EncoderEngine):
+        add_encoder_routes(app, engine, authorise=authorise, read_json=read_json, limits=limits, metrics=metrics)
+        return app
+    served = ", ".join(f"`{m}`" for m in engine.model_ids())
+    add_refusals(
+        app,
+        (*EMBEDDING_PATHS, *RERANK_PATHS),
+        authorise,
+        f"this server serves text-generation models ({served}); embeddings and reranking need a run of the "
+        "embedding or reranker method",
+    )
+
     def check_model(params: GenerationParams) -> None:
         if params.model not in engine.served:
             raise model_not_found(params.model, engine.model_ids())
@@ -209,7 +233,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServerLimits 
         if params.stream:
             stream = _stream(kind, ident, params, tickets, outcome, deadline, started, metrics, request)
             return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        watch = asyncio.create_task(_wait_disconnect(request))
+        watch = asyncio.create_task(wait_disconnect(request))
         work = asyncio.create_task(_collect(params.n, outcome, started, params.model, metrics))
         finished, _ = await asyncio.wait(
             {work, watch}, timeout=deadline - time.monotonic(), return_when="FIRST_COMPLETED"
@@ -255,42 +279,6 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServerLimits 
         )
 
     return app
-
-
-async def read_body(request: Request, limits: ServerLimits) -> bytes:
-    """The body, at most `max_body_bytes` (413; what is sent past it is read and dropped up to a bound, so the
-    client gets the answer instead of a reset) within `body_timeout_s` (408)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or len(declared) > 18):
-        raise bad("the Content-Length header is not a number")
-    too_large = ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the request body is over {limits.max_body_bytes} bytes")
-    chunks: list[bytes] = []
-
-    async def collect() -> None:
-        size, bound = 0, 64 * limits.max_body_bytes
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > bound:
-                break
-            if size <= limits.max_body_bytes:
-                chunks.append(chunk)
-        if size > limits.max_body_bytes:
-            raise too_large
-
-    if declared is not None and int(declared) > 64 * limits.max_body_bytes:
-        raise too_large
-    try:
-        await asyncio.wait_for(collect(), limits.body_timeout_s)
-    except TimeoutError:
-        raise ApiError(
-            HTTPStatus.REQUEST_TIMEOUT, f"the body was not received within {limits.body_timeout_s:g} s"
-        ) from None
-    return b"".join(chunks)
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _collect(n: int, outcome: _Outcome, started: float, model: str, metrics: Metrics) -> None:

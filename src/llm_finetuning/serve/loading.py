@@ -13,6 +13,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_finetuning.errors import UserError
+from llm_finetuning.models.sentence_kind import final_dir
 from llm_finetuning.serve.engine import BASE, ServedModel
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,7 @@ class Loaded:
 
 def resolve(target: str | Path) -> Path:
     """A run directory's `merged/` (if complete) or `final/`; any other path as given."""
-    path = Path(target)
-    if (path / "final").is_dir():
-        return path / "merged" if (path / "merged" / "config.json").is_file() else path / "final"
-    return path
+    return final_dir(Path(target))
 
 
 def trained_length(target: str | Path) -> int | None:

@@ -29,6 +29,8 @@ class ServerLimits:
     """Time limit of one request from arrival to its last token (queue wait included)."""
     body_timeout_s: float = 30.0
     """Time a client has to send its whole body (slow clients are answered 408)."""
+    max_inputs: int = 2048
+    """Most texts in one embeddings request, and documents in one rerank request (OpenAI's embeddings limit)."""
 
 
 class ApiError(Exception):

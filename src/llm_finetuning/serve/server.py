@@ -16,10 +16,11 @@ import uvicorn
 
 from llm_finetuning.errors import UserError
 from llm_finetuning.serve.app import create_app
+from llm_finetuning.serve.encoders import EncoderEngine
 from llm_finetuning.serve.engine import Engine, ServedModel
 from llm_finetuning.serve.protocol import ServerLimits
 
-__all__ = ["Engine", "Server", "ServedModel", "ServerLimits", "create_server"]
+__all__ = ["EncoderEngine", "Engine", "Server", "ServedModel", "ServerLimits", "create_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ def is_loopback(host: str) -> bool:
 
 
 class Server:
-    def __init__(self, engine: Engine, host: str, port: int, api_key: str | None, limits: ServerLimits) -> None:
+    def __init__(
+        self, engine: Engine | EncoderEngine, host: str, port: int, api_key: str | None, limits: ServerLimits
+    ) -> None:
         self.engine = engine
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
@@ -77,7 +80,7 @@ class Server:
 
 
 def create_server(
-    engine: Engine,
+    engine: Engine | EncoderEngine,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,

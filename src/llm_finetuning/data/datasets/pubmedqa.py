@@ -44,11 +44,26 @@ def parse(row: dict[str, Any], max_context_chars: int = MAX_CONTEXT_CHARS) -> QA
     return QA(prompt, completion, {"answer": decision, "long_answer": rationale})
 
 
+def to_retrieval(row: dict[str, Any]) -> dict[str, Any]:
+    """The question as the query and its own abstract as the relevant document (embedding and reranker data)."""
+    return {"query": text(row, "question", "QUESTION"), "positive": abstract(row, MAX_CONTEXT_CHARS), "negatives": []}
+
+
+def to_labeled_text(row: dict[str, Any]) -> dict[str, Any]:
+    """The question with its abstract as the text pair, labelled yes, no or maybe (classification)."""
+    decision = text(row, "final_decision", "FINAL_DECISION").lower()
+    if decision not in DECISIONS:
+        raise RowError(f"field `final_decision` is `{decision}`; expected yes, no or maybe")
+    question = text(row, "question", "QUESTION")
+    return {"text": question, "text_pair": abstract(row, MAX_CONTEXT_CHARS), "label": decision}
+
+
 DATASET = NamedDataset(
     name="pubmedqa",
     hub_id="qiaojin/PubMedQA",
     subset="pqa_labeled",
     splits={"train": "train"},
-    converters=qa_converters(parse),
-    description="PubMedQA expert-labelled: abstract + question -> long answer, then `The answer is yes/no/maybe.`",
+    converters={**qa_converters(parse), "retrieval": to_retrieval, "labeled_text": to_labeled_text},
+    description="PubMedQA expert-labelled: abstract + question -> long answer, then `The answer is yes/no/maybe.`; "
+    "also question -> its abstract (retrieval) and question + abstract -> yes/no/maybe (classification)",
 )
