@@ -67,3 +67,31 @@ def fake_encoder_run(run: Path, method: str, seed: int = 0) -> Path:
     config = {"method": {"name": method}, "model": {"name": "tiny"}}
     (final / "llmft_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return run
+
+
+def tiny_modernbert_dir(path: Path, seed: int = 0) -> Path:
+    """A ModernBERT-shaped encoder (alternating local/global attention, gated MLP) with the byte-level tokenizer."""
+    from transformers import ModernBertConfig, ModernBertModel
+
+    tokenizer = build_tokenizer()
+    config = ModernBertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        local_attention=16,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        cls_token_id=tokenizer.eos_token_id,
+        sep_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ModernBertModel(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

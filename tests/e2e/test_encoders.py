@@ -364,3 +364,37 @@ def test_estimate_counts_an_encoder_from_its_config_json(tmp_path):
         assert result.plan.loss == "score" and result.plan.shape.head == "sequence_classification"
         assert result.plan.sequences == (24 if method["name"] == "embedding" else 8)
         assert result.memory.total > 0
+
+
+def test_eval_tasks_run_on_final_after_training_and_wrong_ones_are_refused(tmp_path, write_jsonl):
+    held_out = write_jsonl(retrieval_rows(12), "held_out.jsonl")
+    tasks = [{"name": "retrieval", "path": str(held_out)}, {"name": "rerank", "path": str(held_out)}]
+    config = config_for(tmp_path, write_jsonl(retrieval_rows()), {"name": "embedding"}, eval={"tasks": tasks[:1]})
+    run_dir, _ = run(config)
+    result = json.loads((run_dir / "eval" / "retrieval.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["final_metrics"]["eval/retrieval/ndcg@10"] == result["metrics"]["ndcg@10"]
+    wrong = config_for(tmp_path / "b", write_jsonl(retrieval_rows()), {"name": "embedding"}, eval={"tasks": tasks[1:]})
+    with pytest.raises(ConfigError, match="eval.tasks: rerank cannot evaluate a `embedding` model; use"):
+        train(wrong)
+
+
+@pytest.mark.parametrize("method", [{"name": "embedding"}, {"name": "reranker"}, {"name": "classify"}])
+def test_a_modernbert_encoder_trains_with_lora_for_every_method(tmp_path, write_jsonl, method):
+    from tests.encoder_fixtures import tiny_modernbert_dir
+
+    encoder = tiny_modernbert_dir(tmp_path / "modernbert")
+    if method["name"] == "classify":
+        source = {"path": str(write_jsonl(labelled(24))), "format": "labeled_text"}
+    else:
+        source = write_jsonl(retrieval_rows(24))
+    config = config_for(
+        tmp_path, source, method, model={"name": str(encoder)}, adapter={"method": "lora", "r": 4, "alpha": 8}
+    )
+    run_dir, watch = run(config)
+    assert watch.trainable and watch.changed == watch.trainable
+    assert all("lora_" in n or "classifier" in n or "head" in n for n in watch.trainable), sorted(watch.trainable)
+    assert not (run_dir / "final" / "adapter_config.json").exists()
+    assert encoder_tasks.model_kind(run_dir) == method["name"]
+    loaded = encoder_tasks.load_model(run_dir, method["name"])
+    assert loaded is not None

@@ -37,6 +37,7 @@ from llm_finetuning.methods.encoder_common import (
     adapt,
     base_model_dir,
     check_adapter,
+    evaluate_after_training,
     load_rows,
     merged,
     run_trainer,
@@ -94,6 +95,7 @@ def train_run(
     model.save_pretrained(run.final, safe_serialization=True)
     tokenizer.save_pretrained(run.final)
     write_config_copy(config, run)
+    outcome.metrics.update(evaluate_after_training(config, run))
     write_manifest(run, final_metrics=outcome.metrics)
     logger.info("Saved the classifier to %s (AutoModelForSequenceClassification)", run.final)
     return outcome

@@ -25,6 +25,7 @@ from llm_finetuning.methods.encoder_common import (
     adapt,
     base_model_dir,
     check_adapter,
+    evaluate_after_training,
     is_decoder,
     load_rows,
     merged,
@@ -77,6 +78,7 @@ def train_run(
         outcome.metrics.update({f"eval/retrieval/{k}": v for k, v in after.items()})
         write_manifest(run, retrieval={"before": before, "after": after})
     save_final(config, run, model)
+    outcome.metrics.update(evaluate_after_training(config, run))
     write_manifest(run, final_metrics=outcome.metrics)
     return outcome
 

@@ -76,6 +76,28 @@ def check_adapter(config: Config) -> None:
         )
     if config.data.packing:
         raise ConfigError(f"data.packing: `method: {config.method.name}` trains on separate texts; remove it.")
+    from llm_finetuning.evaluation.encoder_tasks import KINDS
+    from llm_finetuning.evaluation.tasks import TASKS
+
+    wrong = [t.name for t in config.eval.tasks if KINDS.get(TASKS[t.name].kind) != config.method.name]
+    if wrong or config.eval.golden is not None:
+        names = ", ".join(wrong) or "eval.golden"
+        fitting = [name for name, spec in TASKS.items() if KINDS.get(spec.kind) == config.method.name]
+        raise ConfigError(
+            f"eval.tasks: {names} cannot evaluate a `{config.method.name}` model"
+            + (f"; use {', '.join(fitting)}." if fitting else ".")
+        )
+
+
+def evaluate_after_training(config: Config, run: RunDir) -> dict[str, float]:
+    """`eval.tasks` on `final/`, results in RUN/eval/<task>.json, flat `eval/<task>/<metric>` metrics."""
+    if not config.eval.tasks:
+        return {}
+    from llm_finetuning.evaluation.encoder_tasks import evaluate
+
+    batch = config.training.per_device_eval_batch_size or config.training.per_device_batch_size
+    results = evaluate(run.root, config.eval.tasks, run.root / "eval", batch, config.eval.limit)
+    return {f"eval/{name}/{k}": v for name, r in results.items() for k, v in r.metrics.items() if k != "examples"}
 
 
 def load_rows(config: Config, kind: str, sources: list[DataSource] | None = None) -> EncoderData:

@@ -22,6 +22,7 @@ from llm_finetuning.methods.encoder_common import (
     adapt,
     base_model_dir,
     check_adapter,
+    evaluate_after_training,
     load_rows,
     merged,
     run_trainer,
@@ -88,6 +89,7 @@ def train_run(
     run.final.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(run.final))
     write_config_copy(config, run)
+    outcome.metrics.update(evaluate_after_training(config, run))
     write_manifest(run, final_metrics=outcome.metrics)
     logger.info("Saved the reranker to %s (load it with CrossEncoder(path))", run.final)
     return outcome
