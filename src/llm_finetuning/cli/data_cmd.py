@@ -1,4 +1,4 @@
-"""`llmft data`: inspect, convert and list datasets."""
+"""`llmft data`: inspect, convert, clean, mine hard negatives and list datasets."""
 
 from __future__ import annotations
 
@@ -168,3 +168,73 @@ def clean(
     result.report.write(report_path)
     console.print(result.report.summary(), highlight=False)
     console.print(f"wrote {len(result.records)} of {len(rows)} rows to {output}; report: {report_path}", soft_wrap=True)
+
+
+@app.command("mine-negatives")
+@user_errors
+def mine_negatives(
+    source_path: str = typer.Argument(..., help="(query, positive) rows: .jsonl, .json, .csv or .parquet."),
+    model: str = typer.Option(..., "--model", help="SentenceTransformer: path, hub id or an embedding run."),
+    output: str = typer.Option(..., "--output", help="Output file of `retrieval` rows (query, positive, negatives)."),
+    corpus: str = typer.Option(
+        None, "--corpus", help="File of candidate documents (`text` column); default: the positives."
+    ),
+    num_negatives: int = typer.Option(3, "--num-negatives", min=1, help="Negatives per row."),
+    relative_margin: float = typer.Option(
+        None,
+        "--relative-margin",
+        help="False-negative guard: drop candidates within this share of the positive's score (default 0.05).",
+    ),
+    absolute_margin: float = typer.Option(
+        None, "--absolute-margin", help="Guard: drop candidates within this score of the positive."
+    ),
+    max_score: float = typer.Option(None, "--max-score", help="Guard: drop candidates scoring above this."),
+    range_min: int = typer.Option(0, "--range-min", min=0, help="Skip the N most similar candidates."),
+    range_max: int = typer.Option(None, "--range-max", min=1, help="Consider only the N most similar candidates."),
+    sampling: str = typer.Option("top", "--sampling", help="`top` (the hardest) or `random` (among the candidates)."),
+    cross_encoder: str = typer.Option(None, "--cross-encoder", help="A CrossEncoder that rescores the candidates."),
+    min_negatives: int = typer.Option(0, "--min-negatives", min=0, help="Drop rows left with fewer negatives."),
+    query_column: str = typer.Option("query", "--query-column", help="Column of the queries (`anchor` is found too)."),
+    positive_column: str = typer.Option("positive", "--positive-column", help="Column of the positives."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts embedded per batch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
+) -> None:
+    """Add hard negatives to (query, positive) rows with an embedding model, keeping sentence-transformers'
+    false-negative guard; writes `retrieval` rows for `method: embedding` or `reranker`."""
+    from pathlib import Path
+
+    from llm_finetuning.data import mine_negatives as mining
+    from llm_finetuning.data.convert import write_rows
+    from llm_finetuning.errors import UserError
+
+    if sampling not in ("top", "random"):
+        raise UserError(f"--sampling {sampling}: use `top` or `random`")
+    if relative_margin is not None and absolute_margin is not None:
+        raise UserError("--relative-margin and --absolute-margin are two guards: give one")
+    if Path(output).exists() and not overwrite:
+        raise UserError(f"{output} exists; pass --overwrite to replace it")
+    settings = mining.MiningSettings(
+        num_negatives=num_negatives,
+        relative_margin=None if absolute_margin is not None else (0.05 if relative_margin is None else relative_margin),
+        absolute_margin=absolute_margin,
+        max_score=max_score,
+        range_min=range_min,
+        range_max=range_max,
+        sampling=sampling,
+        cross_encoder=cross_encoder,
+        batch_size=batch_size,
+        min_negatives=min_negatives,
+        query_column=query_column,
+        positive_column=positive_column,
+    )
+    pairs = mining.read_pairs(source_path, settings)  # bad rows stop here, before any model loads
+    documents = mining.read_corpus(corpus) if corpus else None
+    rows, report = mining.mine(pairs, mining.load_embedder(model), settings, documents)
+    write_rows(rows, Path(output))
+    console.print(
+        f"wrote {report.written} of {report.rows} rows with {report.negatives} negatives to {output}; "
+        f"{report.short_rows} rows got fewer than {num_negatives}"
+        + (f", {report.dropped} dropped (--min-negatives {min_negatives})" if report.dropped else ""),
+        soft_wrap=True,
+        highlight=False,
+    )
