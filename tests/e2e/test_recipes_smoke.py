@@ -71,7 +71,8 @@ def reward_runs(tmp_path_factory: pytest.TempPathFactory, rows_dir: Path) -> dic
 
 def smoke_overrides(config: Config, rows_dir: Path, run_dir: Path, judge_url: str | None = None) -> list[str]:
     """Overrides that shrink a recipe to one step of a tiny model on local data, keeping everything else."""
-    encoder = config.method.name in ENCODER_METHODS
+    lm_head = config.method.name == "multi_head" and any(h.type == "lm" for h in config.method.heads)
+    encoder = config.method.name in ENCODER_METHODS and not lm_head  # an LM head needs a decoder
     overrides = [
         "model.name=tiny",
         f"model.tiny={TINY_ENCODER if encoder else TINY}",

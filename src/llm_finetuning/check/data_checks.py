@@ -75,6 +75,8 @@ def sample_sources(
             )
         records[split].extend(record for _, record in loaded)
         located[split].extend(loaded)
+        if source.head is not None:
+            located.setdefault(f"head:{source.head}", []).extend(loaded)
         _measure(config, tokenizer, [r for _, r in loaded], sample, report)
     _check_encoder_rows(config, located, report)
     _check_kto_balance(config, records["train"], report)
@@ -155,6 +157,16 @@ def _check_encoder_rows(config: Config, located: dict[str, list], report: CheckR
     from llm_finetuning.methods.encoder_common import EncoderData
 
     name = config.method.name
+    if name == "multi_head":
+        from llm_finetuning.methods.multihead import HeadSpec, check_labels
+
+        for head in config.method.heads:
+            spec = HeadSpec(head.name, head.type, list(head.labels), head.multi_label, head.weight)
+            try:
+                check_labels(spec, [(w, dict(r)) for w, r in located.get(f"head:{head.name}", [])])
+            except DataError as exc:
+                report.add("error", f"method.heads {head.name}", str(exc))
+        return
     if name not in ("embedding", "reranker", "classify") or not located["train"]:
         return
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from llm_finetuning.methods import classify, embedding, grpo, preference, pretrain, reranker, rlhf, sft
+from llm_finetuning.methods import classify, embedding, grpo, multihead, preference, pretrain, reranker, rlhf, sft
 
 
 @dataclass(frozen=True)
@@ -43,4 +43,5 @@ METHODS: dict[str, Method] = {
     "embedding": Method(embedding, needs_chat_template=False, head="embedding", runs_itself=True),
     "reranker": Method(reranker, needs_chat_template=False, head="cross_encoder", runs_itself=True),
     "classify": Method(classify, needs_chat_template=False, head="sequence_classification", runs_itself=True),
+    "multi_head": Method(multihead, needs_chat_template=False, head="multi_head", runs_itself=True),
 }

@@ -100,9 +100,11 @@ def evaluate_after_training(config: Config, run: RunDir) -> dict[str, float]:
     return {f"eval/{name}/{k}": v for name, r in results.items() for k, v in r.metrics.items() if k != "examples"}
 
 
-def load_rows(config: Config, kind: str, sources: list[DataSource] | None = None) -> EncoderData:
-    """Read every training and eval source as `kind` records, stopping (or counting, with `data.on_error: skip`)
-    at bad rows, with file, line and field."""
+def load_rows(
+    config: Config, kind: str, sources: list[DataSource] | None = None, eval_sources: list[DataSource] | None = None
+) -> EncoderData:
+    """Read every training and eval source (`data.train`/`data.eval` unless given) as `kind` records, stopping (or
+    counting, with `data.on_error: skip`) at bad rows, with file, line and field."""
     stats = {"train": SplitStats()}
     prints: dict[str, str] = {}
     train: Rows = []
@@ -110,9 +112,10 @@ def load_rows(config: Config, kind: str, sources: list[DataSource] | None = None
         train.extend(load_records(source, config.data.on_error, stats["train"], kind))
         prints[source.label] = source_fingerprint(source)
     evaluation: Rows = []
-    if config.data.eval:
+    eval_sources = config.data.eval if eval_sources is None else eval_sources
+    if eval_sources:
         stats["eval"] = SplitStats()
-        for source in config.data.eval:
+        for source in eval_sources:
             evaluation.extend(load_records(source, config.data.on_error, stats["eval"], kind))
             prints[source.label] = source_fingerprint(source)
     elif config.data.eval_split:

@@ -58,12 +58,19 @@ def to_labeled_text(row: dict[str, Any]) -> dict[str, Any]:
     return {"text": question, "text_pair": abstract(row, MAX_CONTEXT_CHARS), "label": decision}
 
 
+def to_text(row: dict[str, Any]) -> dict[str, Any]:
+    """Question, abstract and the expert's long answer as one document (language modelling on the domain)."""
+    question, answer = text(row, "question", "QUESTION"), text(row, "long_answer", "LONG_ANSWER")
+    return {"text": f"Question: {question}\n\n{abstract(row, MAX_CONTEXT_CHARS)}\n\nAnswer: {answer}"}
+
+
 DATASET = NamedDataset(
     name="pubmedqa",
     hub_id="qiaojin/PubMedQA",
     subset="pqa_labeled",
     splits={"train": "train"},
-    converters={**qa_converters(parse), "retrieval": to_retrieval, "labeled_text": to_labeled_text},
+    converters={**qa_converters(parse), "retrieval": to_retrieval, "labeled_text": to_labeled_text, "text": to_text},
     description="PubMedQA expert-labelled: abstract + question -> long answer, then `The answer is yes/no/maybe.`; "
-    "also question -> its abstract (retrieval) and question + abstract -> yes/no/maybe (classification)",
+    "also question -> its abstract (retrieval), question + abstract -> yes/no/maybe (classification), and question, "
+    "abstract and long answer as one text",
 )
