@@ -253,9 +253,10 @@ def eval_cmd(
     out_dir = Path(output) if output else (Path(target) / "eval" if is_run_dir(target) else Path("eval"))
     from llm_finetuning.evaluation.encoder_tasks import model_kind
 
-    if model_kind(target) is not None:
+    kind = model_kind(target)
+    if kind is not None:
         if modes and modes != ["--before-after"]:
-            raise UserError(f"{modes[0]} evaluates generative models; {target} is a `{model_kind(target)}` model")
+            raise UserError(f"{modes[0]} evaluates generative models; {target} is a `{kind}` model")
         _encoder_eval(target, tasks, _pairs(paths, "--path"), limit, run_config, settings.batch_size, before_after)
         return
     judge = _judge(judge_config, run_config)

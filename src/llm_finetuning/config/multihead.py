@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -62,3 +63,26 @@ class MultiHeadMethod(Section):
         if sum(head.type == "lm" for head in value) > 1:
             raise ValueError("`method.heads`: at most one `lm` head (the model's own LM head)")
         return value
+
+
+def check_heads(config: Any) -> None:
+    """Every multi-head source names a declared head, and every head has training data."""
+    declared = [head.name for head in config.method.heads]
+    for split in ("train", "eval"):
+        for source in getattr(config.data, split):
+            if source.head is None:
+                raise ValueError(
+                    f"data.{split} source {source.label}: name its head (`head: {declared[0]}`); with `method.name: "
+                    f"multi_head` every source trains or evaluates one of {', '.join(declared)}"
+                )
+            if source.head not in declared:
+                close = difflib.get_close_matches(source.head, declared, n=1)
+                hint = f" Did you mean `{close[0]}`?" if close else ""
+                raise ValueError(
+                    f"data.{split} source {source.label}: `head: {source.head}` is not in `method.heads` "
+                    f"({', '.join(declared)}).{hint}"
+                )
+    trained = {source.head for source in config.data.train}
+    missing = [name for name in declared if name not in trained]
+    if missing:
+        raise ValueError(f"`method.heads` {', '.join(missing)} have no training source (`data.train[].head`)")

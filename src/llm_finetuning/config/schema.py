@@ -6,7 +6,6 @@ for the user: what the option does, its unit, and when to change it.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -40,6 +39,7 @@ from llm_finetuning.config.methods import (  # noqa: F401  (re-exported: the sch
     RewardMethod,
     SFTMethod,
 )
+from llm_finetuning.config.multihead import check_heads
 from llm_finetuning.data.clean.config import CleanConfig
 from llm_finetuning.evaluation.config import EvalTaskConfig, GoldenConfig, one_or_many_tasks
 
@@ -381,29 +381,6 @@ class TrackingConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------- config
-def _check_heads(config: Config) -> None:
-    """Every multi-head source names a declared head, and every head has training data."""
-    declared = [head.name for head in config.method.heads]
-    for split in ("train", "eval"):
-        for source in getattr(config.data, split):
-            if source.head is None:
-                raise ValueError(
-                    f"data.{split} source {source.label}: name its head (`head: {declared[0]}`); with `method.name: "
-                    f"multi_head` every source trains or evaluates one of {', '.join(declared)}"
-                )
-            if source.head not in declared:
-                close = difflib.get_close_matches(source.head, declared, n=1)
-                hint = f" Did you mean `{close[0]}`?" if close else ""
-                raise ValueError(
-                    f"data.{split} source {source.label}: `head: {source.head}` is not in `method.heads` "
-                    f"({', '.join(declared)}).{hint}"
-                )
-    trained = {source.head for source in config.data.train}
-    missing = [name for name in declared if name not in trained]
-    if missing:
-        raise ValueError(f"`method.heads` {', '.join(missing)} have no training source (`data.train[].head`)")
-
-
 class Config(Section):
     """A whole run: what to train, on what, how, and where the results go."""
 
@@ -457,7 +434,7 @@ class Config(Section):
             )
         heads = {source.head for source in [*self.data.train, *self.data.eval] if source.head is not None}
         if self.method.name == "multi_head":
-            _check_heads(self)
+            check_heads(self)
         elif heads:
             raise ValueError("`data.*.head` applies to `method.name: multi_head` only; remove it")
         if self.method.name == "grpo":

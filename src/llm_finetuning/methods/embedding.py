@@ -25,14 +25,13 @@ from llm_finetuning.methods.encoder_common import (
     adapt,
     base_model_dir,
     check_adapter,
-    evaluate_after_training,
+    finish_sentence_model,
     is_decoder,
     load_rows,
-    merged,
     run_trainer,
     trainer_arguments,
 )
-from llm_finetuning.runs.rundir import RunDir, write_config_copy, write_manifest
+from llm_finetuning.runs.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +71,9 @@ def train_run(
     outcome = run_trainer(trainer, checkpoint, stop)
     if outcome.status != "completed":
         return outcome
-    model[0].model = merged(model[0].model)
-    if retrieval is not None:
-        after = retrieval_metrics(model, retrieval, config.training.per_device_batch_size)
-        outcome.metrics.update({f"eval/retrieval/{k}": v for k, v in after.items()})
-        write_manifest(run, retrieval={"before": before, "after": after})
-    save_final(config, run, model)
-    outcome.metrics.update(evaluate_after_training(config, run))
-    write_manifest(run, final_metrics=outcome.metrics)
-    return outcome
+    batch = config.training.per_device_batch_size
+    measure = (lambda m: retrieval_metrics(m, retrieval, batch)) if retrieval is not None else None
+    return finish_sentence_model(config, run, model, outcome, "retrieval", before, measure)
 
 
 def check_rows(config: Config, data: EncoderData) -> None:
@@ -203,10 +196,3 @@ def build_loss(config: Config, model: Any) -> Any:
         dims = sorted({model.get_embedding_dimension(), *method.matryoshka_dims}, reverse=True)
         loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=dims)
     return loss
-
-
-def save_final(config: Config, run: RunDir, model: Any) -> None:
-    run.final.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(run.final))
-    write_config_copy(config, run)
-    logger.info("Saved the embedding model to %s (load it with SentenceTransformer(path))", run.final)

@@ -24,7 +24,7 @@ from llm_finetuning.errors import ConfigError, DataError
 from llm_finetuning.methods.common import apply_extra, training_arguments
 from llm_finetuning.models.adapters import count_parameters, freeze_except, peft_config
 from llm_finetuning.models.loading import load_tokenizer, prepare_tokenizer
-from llm_finetuning.runs.rundir import RunDir, write_manifest
+from llm_finetuning.runs.rundir import RunDir, write_config_copy, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,31 @@ def run_trainer(trainer: Trainer, checkpoint: Path | None, stop: Any) -> Outcome
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     return Outcome("completed", metrics)
+
+
+def finish_sentence_model(
+    config: Config,
+    run: RunDir,
+    model: Any,
+    outcome: Outcome,
+    section: str,
+    before: dict[str, float] | None,
+    measure: Callable[[Any], dict[str, float]] | None,
+) -> Outcome:
+    """After a sentence-transformers model trained: LoRA merged, `measure` after (beside `before`) in the manifest
+    under `section`, `final/` saved, `eval.tasks` run on it."""
+    model[0].model = merged(model[0].model)
+    if measure is not None:
+        after = measure(model)
+        outcome.metrics.update({f"eval/{section}/{k}": v for k, v in after.items()})
+        write_manifest(run, **{section: {"before": before, "after": after}})
+    run.final.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(run.final))
+    write_config_copy(config, run)
+    outcome.metrics.update(evaluate_after_training(config, run))
+    write_manifest(run, final_metrics=outcome.metrics)
+    logger.info("Saved the %s model to %s", config.method.name, run.final)
+    return outcome
 
 
 TrainRun = Callable[[Config, RunDir, Any, Path | None, list[TrainerCallback]], Outcome]

@@ -22,13 +22,12 @@ from llm_finetuning.methods.encoder_common import (
     adapt,
     base_model_dir,
     check_adapter,
-    evaluate_after_training,
+    finish_sentence_model,
     load_rows,
-    merged,
     run_trainer,
     trainer_arguments,
 )
-from llm_finetuning.runs.rundir import RunDir, write_config_copy, write_manifest
+from llm_finetuning.runs.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +80,8 @@ def train_run(
     outcome = run_trainer(trainer, checkpoint, stop)
     if outcome.status != "completed":
         return outcome
-    model[0].model = merged(model[0].model)
-    if ranking is not None:
-        after = rerank_metrics(model, ranking, batch)
-        outcome.metrics.update({f"eval/rerank/{k}": v for k, v in after.items()})
-        write_manifest(run, rerank={"before": before, "after": after})
-    run.final.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(run.final))
-    write_config_copy(config, run)
-    outcome.metrics.update(evaluate_after_training(config, run))
-    write_manifest(run, final_metrics=outcome.metrics)
-    logger.info("Saved the reranker to %s (load it with CrossEncoder(path))", run.final)
-    return outcome
+    measure = (lambda m: rerank_metrics(m, ranking, batch)) if ranking is not None else None
+    return finish_sentence_model(config, run, model, outcome, "rerank", before, measure)
 
 
 def check_rows(config: Config, kind: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
