@@ -459,10 +459,17 @@ class Config(Section):
     @field_validator("adapter", "method", mode="before")
     @classmethod
     def _default_tag(cls, value: Any, info: Any) -> Any:
-        # `adapter: full` is shorthand for `adapter: {method: full}`; a mapping without its tag gets the default.
-        tag, default = ("method", "lora") if info.field_name == "adapter" else ("name", "sft")
-        if isinstance(value, str):
-            return {tag: value}
-        if isinstance(value, dict) and tag not in value:
-            return {tag: default, **value}
-        return value
+        return with_default_tag(info.field_name, value)
+
+
+SECTION_TAGS = {"adapter": ("method", "lora"), "method": ("name", "sft")}
+
+
+def with_default_tag(section: str, value: Any) -> Any:
+    """`adapter: full` is shorthand for `adapter: {method: full}`; a mapping without its tag gets the default."""
+    tag, default = SECTION_TAGS[section]
+    if isinstance(value, str):
+        return {tag: value}
+    if isinstance(value, dict) and tag not in value:
+        return {tag: default, **value}
+    return value

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from llm_finetuning.config.describe import REQUIRED, KeyInfo, describe
 from llm_finetuning.config.errors import _tag_field, model_classes, validation_problems
-from llm_finetuning.config.schema import Config
+from llm_finetuning.config.schema import SECTION_TAGS, Config, with_default_tag
 
 ITEM_FIELDS = ("data.train", "data.eval")
 """Lists whose first entry gets a field per key; any other list of entries is one YAML field."""
@@ -307,6 +307,7 @@ def values_from_config(data: dict[str, Any], form: list[Field] | None = None) ->
     """Form values (by field id) for a config (a recipe, a YAML file): each field's value where the config sets it;
     a key shared by several variants is set on each (only the chosen variant's counts)."""
     form = form or fields()
+    data = {key: with_default_tag(key, value) if key in SECTION_TAGS else value for key, value in data.items()}
     out: dict[str, Any] = {}
     for field in form:
         node: Any = data
