@@ -1,4 +1,4 @@
-"""`llmft data`: inspect, convert, clean, mine hard negatives and list datasets."""
+"""`llmft data`: inspect, convert, clean, mine hard negatives, validate OpenAI fine-tuning files, list datasets."""
 
 from __future__ import annotations
 
@@ -238,3 +238,41 @@ def mine_negatives(
         soft_wrap=True,
         highlight=False,
     )
+
+
+@app.command("validate")
+@user_errors
+def validate(
+    path: str = typer.Argument(..., help="A JSONL file for OpenAI's fine-tuning API."),
+    openai: bool = typer.Option(False, "--openai", help="Check with OpenAI's fine-tuning data rules."),
+    method: str = typer.Option("auto", "--method", help="auto (from the first example), supervised or dpo."),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="Tokenizer (folder or hub id) to count tokens with."),
+    max_length: int = typer.Option(None, "--max-length", min=1, help="Examples over this many tokens are reported."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check a file as `POST /v1/files` of `llmft jobs` does: every problem with its line; exit 1 on errors."""
+    import json
+
+    from llm_finetuning.data.openai_rules import detect_method, validate_openai_file
+    from llm_finetuning.errors import UserError
+
+    if not openai:
+        raise UserError("only --openai is supported: `llmft check CONFIG` validates llmft configs and their data")
+    if method not in ("auto", "supervised", "dpo"):
+        raise UserError(f"--method {method}: choose auto, supervised or dpo")
+    tok = None
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+        except OSError as exc:
+            raise UserError(f"--tokenizer {tokenizer}: cannot load it ({exc})") from None
+    chosen = detect_method(path) if method == "auto" else method
+    report = validate_openai_file(path, chosen, tokenizer=tok, max_length=max_length)
+    if as_json:
+        console.print_json(json.dumps(report.as_dict()))
+    else:
+        console.print(escape(report.summary()), highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -14,6 +14,7 @@ from llm_finetuning.cli import (
     eval_cmd,
     export_cmd,
     generate_cmd,
+    jobs_cmd,
     merge_cmd,
     merge_models_cmd,
     quickstart_cmd,
@@ -42,6 +43,7 @@ app.command("export")(export_cmd.export)
 app.command("generate")(generate_cmd.generate)
 app.command("chat")(generate_cmd.chat)
 app.command("serve")(serve_cmd.serve)
+app.command("jobs")(jobs_cmd.jobs)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("ui")(ui_cmd.ui)
 app.add_typer(config_cmd.app, name="config")

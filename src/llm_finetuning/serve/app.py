@@ -9,12 +9,11 @@ model id and the context; the queue answers 429 when full. A client that goes aw
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -34,7 +33,9 @@ from llm_finetuning.serve.encoder_routes import (
 )
 from llm_finetuning.serve.encoders import EncoderEngine
 from llm_finetuning.serve.engine import Delta, Engine, Failed, Finished, Ticket
+from llm_finetuning.serve.keys import ApiKeys
 from llm_finetuning.serve.metrics import Metrics
+from llm_finetuning.serve.pool import EnginePool
 from llm_finetuning.serve.protocol import (
     ApiError,
     GenerationParams,
@@ -98,9 +99,16 @@ class _Outcome:
 
 
 def create_app(
-    engine: Engine | EncoderEngine, api_key: str | None = None, limits: ServerLimits | None = None
+    engine: Engine | EncoderEngine | EnginePool,
+    api_key: str | ApiKeys | None = None,
+    limits: ServerLimits | None = None,
+    extend: Callable[[FastAPI, Callable[[Request], str], Callable[[Request], Awaitable[dict[str, Any]]]], None]
+    | None = None,
 ) -> FastAPI:
-    """The application over `engine`; every route but /health needs `Authorization: Bearer <api_key>` when set."""
+    """The application over `engine` (one model and its adapters, an encoder, or a pool of models loaded on
+    demand); every route but /health needs `Authorization: Bearer <key>` when keys are set. `extend(app,
+    owner_of, read_json)` adds more routes (the fine-tuning API) that share the app's errors, keys and limits."""
+    keys = api_key if isinstance(api_key, ApiKeys) else ApiKeys.single(api_key)
     limits = limits or ServerLimits()
     metrics = Metrics(engine.pending_count, engine.active_count)
     app = FastAPI(title="llmft serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -126,16 +134,26 @@ def create_app(
         failure = ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(error).__name__}")
         return JSONResponse(failure.body(), status_code=500)
 
-    def authorise(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-            raise ApiError(HTTPStatus.UNAUTHORIZED, "missing or wrong API key", code="invalid_api_key")
+    def authorise(request: Request) -> str:
+        """The owner of the request's API key (401 without a valid one)."""
+        return keys.owner(request)
+
+    pool = engine if isinstance(engine, EnginePool) else None
+
+    def visible(owner: str | None) -> list[str]:
+        return pool.model_ids(owner) if pool is not None else engine.model_ids()
+
+    def engine_of(model: str, owner: str) -> Engine:
+        """The engine answering `model` for `owner` (a pool loads it on first use: call off the event loop)."""
+        if pool is not None:
+            return pool.engine_for(model, owner)
+        if model not in engine.served:
+            raise model_not_found(model, engine.model_ids())
+        return engine
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok", "models": engine.model_ids(), "queue_depth": engine.pending_count()})
+        return JSONResponse({"status": "ok", "models": visible(None), "queue_depth": engine.pending_count()})
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
@@ -147,14 +165,14 @@ def create_app(
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        authorise(request)
-        return JSONResponse({"object": "list", "data": [model_card(m) for m in engine.model_ids()]})
+        owner = authorise(request)
+        return JSONResponse({"object": "list", "data": [model_card(m) for m in visible(owner)]})
 
     @app.get("/v1/models/{name:path}")
     async def model(request: Request, name: str) -> JSONResponse:
-        authorise(request)
-        if name not in engine.served:
-            raise model_not_found(name, engine.model_ids())
+        owner = authorise(request)
+        if name not in visible(owner):
+            raise model_not_found(name, visible(owner))
         return JSONResponse(model_card(name))
 
     async def read_json(request: Request) -> dict[str, Any]:
@@ -162,10 +180,12 @@ def create_app(
         raw = await read_body(request, limits)
         return parse_json(raw, request.headers.get("content-type"))
 
+    if extend is not None:
+        extend(app, authorise, read_json)
     if isinstance(engine, EncoderEngine):
         add_encoder_routes(app, engine, authorise=authorise, read_json=read_json, limits=limits, metrics=metrics)
         return app
-    served = ", ".join(f"`{m}`" for m in engine.model_ids())
+    served = ", ".join(f"`{m}`" for m in visible(None))
     add_refusals(
         app,
         (*EMBEDDING_PATHS, *RERANK_PATHS),
@@ -174,12 +194,8 @@ def create_app(
         "embedding or reranker method",
     )
 
-    def check_model(params: GenerationParams) -> None:
-        if params.model not in engine.served:
-            raise model_not_found(params.model, engine.model_ids())
-
-    def budget(prompt_tokens: int, params: GenerationParams) -> int:
-        context = engine.context_length
+    def budget(served: Engine, prompt_tokens: int, params: GenerationParams) -> int:
+        context = served.context_length
         if params.max_tokens is None:
             wanted = min(DEFAULT_MAX_TOKENS, limits.max_tokens, context - prompt_tokens)
             if wanted < 1:
@@ -192,26 +208,26 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         parsed = parse_chat(await read_json(request), limits)
-        check_model(parsed.params)
+        served = await run_in_threadpool(engine_of, parsed.params.model, authorise(request))
         try:
-            text = await run_in_threadpool(engine.render, parsed.params.model, parsed.messages)
+            text = await run_in_threadpool(served.render, parsed.params.model, parsed.messages)
         except Exception as exc:  # the run's chat template refusing a conversation (roles, order) is a 400
             message = f"the chat template of `{parsed.params.model}` refused these messages: {exc}"
             raise bad(message, "messages") from None
-        return await generate(request, "chat", parsed.params, text)
+        return await generate(request, served, "chat", parsed.params, text)
 
     @app.post("/v1/completions")
     async def completion(request: Request) -> Response:
         parsed = parse_completion(await read_json(request), limits)
-        check_model(parsed.params)
-        return await generate(request, "text", parsed.params, parsed.prompt)
+        served = await run_in_threadpool(engine_of, parsed.params.model, authorise(request))
+        return await generate(request, served, "text", parsed.params, parsed.prompt)
 
-    async def generate(request: Request, kind: str, params: GenerationParams, text: str) -> Response:
+    async def generate(request: Request, served: Engine, kind: str, params: GenerationParams, text: str) -> Response:
         started = time.monotonic()
-        ids = await run_in_threadpool(engine.encode, params.model, text)
+        ids = await run_in_threadpool(served.encode, params.model, text)
         if not ids:
             raise bad("the prompt is empty once tokenized", "prompt")
-        max_tokens = budget(len(ids), params)
+        max_tokens = budget(served, len(ids), params)
         loop = asyncio.get_running_loop()
         outcome = _Outcome(texts=[""] * params.n, finish=[None] * params.n)
 
@@ -227,7 +243,7 @@ def create_app(
         tickets = [
             Ticket(params.model, ids, max_tokens, params.sampling, deliver_to(i), params.stops) for i in range(params.n)
         ]
-        engine.submit(tickets)
+        served.submit(tickets)
         ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         deadline = started + limits.request_timeout_s
         if params.stream:

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import socket
 import threading
+from typing import Any
 
 import uvicorn
 
@@ -18,6 +19,8 @@ from llm_finetuning.errors import UserError
 from llm_finetuning.serve.app import create_app
 from llm_finetuning.serve.encoders import EncoderEngine
 from llm_finetuning.serve.engine import Engine, ServedModel
+from llm_finetuning.serve.keys import ApiKeys
+from llm_finetuning.serve.pool import EnginePool
 from llm_finetuning.serve.protocol import ServerLimits
 
 __all__ = ["EncoderEngine", "Engine", "Server", "ServedModel", "ServerLimits", "create_server"]
@@ -36,7 +39,13 @@ def is_loopback(host: str) -> bool:
 
 class Server:
     def __init__(
-        self, engine: Engine | EncoderEngine, host: str, port: int, api_key: str | None, limits: ServerLimits
+        self,
+        engine: Engine | EncoderEngine | EnginePool,
+        host: str,
+        port: int,
+        api_key: str | ApiKeys | None,
+        limits: ServerLimits,
+        extend: Any = None,
     ) -> None:
         self.engine = engine
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -50,7 +59,7 @@ class Server:
         self.socket.listen(BACKLOG)
         self.server_address = self.socket.getsockname()[:2]
         config = uvicorn.Config(
-            create_app(engine, api_key, limits),
+            create_app(engine, api_key, limits, extend),
             log_config=None,  # the project's logging; one access line per request from the app
             access_log=False,
             lifespan="off",
@@ -80,11 +89,12 @@ class Server:
 
 
 def create_server(
-    engine: Engine | EncoderEngine,
+    engine: Engine | EncoderEngine | EnginePool,
     host: str = "127.0.0.1",
     port: int = 8000,
-    api_key: str | None = None,
+    api_key: str | ApiKeys | None = None,
     limits: ServerLimits | None = None,
+    extend: Any = None,
 ) -> Server:
     """The server, bound but not yet serving (call `serve_forever`). Non-loopback hosts need an API key.
 
@@ -95,7 +105,7 @@ def create_server(
             raise UserError(
                 f"serving on {host} (beyond this machine) needs an API key: pass --api-key or LLMFT_API_KEY"
             )
-        return Server(engine, host, port, api_key, limits or ServerLimits())
+        return Server(engine, host, port, api_key, limits or ServerLimits(), extend)
     except BaseException:
         engine.close()
         raise
