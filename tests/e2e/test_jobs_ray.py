@@ -85,6 +85,8 @@ def test_a_job_runs_as_a_ray_job_and_its_model_is_served(tmp_path, base_model, r
         assert done.status == "succeeded", done.error
         row = served.service.store.job(job.id)
         ray_jobs = JobSubmissionClient(ray_cluster)
+        # The worker writes the outcome, then its process exits: Ray reports the job done a moment later.
+        wait_for(lambda: str(ray_jobs.get_job_status(row.external_id).value) in ("SUCCEEDED", "FAILED"), 60)
         info = ray_jobs.get_job_info(row.external_id)
         assert str(info.status.value) == "SUCCEEDED" and info.metadata["llmft_job"] == job.id
         assert [e.data["step"] for e in all_events(api, job.id) if e.type == "metrics"] == [1, 2, 3]

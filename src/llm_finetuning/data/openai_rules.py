@@ -489,14 +489,24 @@ def validate_openai_lines(
         try:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
-            error(Problem(number, "", f"is not valid JSON ({exc.msg} at column {exc.colno}); write one object a line"))
+            error(
+                Problem(
+                    number, "", f"is not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line"
+                )
+            )
             continue
         if not isinstance(row, dict):
             error(Problem(number, "", f"must be a JSON object, got {_type(row)}"))
             continue
         other = _other_format(row, method)
         if other is not None:
-            error(Problem(number, "", f"is a {other} example, but this file is in the {method} format; use one a file"))
+            error(
+                Problem(
+                    number,
+                    "",
+                    f"is a {other} example, but this file is in the {method} format; keep one format per file",
+                )
+            )
             continue
         example = _Example()
         (_check_supervised if method == "supervised" else _check_dpo)(example, row)
@@ -514,12 +524,10 @@ def validate_openai_lines(
             else:
                 report.more_warnings += 1
     # File-level rules come first: they are what a user must fix before anything else matters.
-    if report.examples == 0:
-        report.errors.insert(0, Problem(0, "", "is empty: it holds no examples"))
-    elif report.examples < min_examples:
-        report.errors.insert(
-            0, Problem(0, "", f"OpenAI requires at least {min_examples} examples; this file has {report.examples}")
-        )
+    if report.examples < max(min_examples, 1):
+        count = f"{report.examples} example{'s' * (report.examples != 1)}" if report.examples else "no examples"
+        need = f"{max(min_examples, 1)} example{'s' * (max(min_examples, 1) != 1)}"
+        report.errors.insert(0, Problem(0, "", f"has {count}; OpenAI requires at least {need}"))
     return report
 
 
