@@ -317,3 +317,21 @@ def test_a_server_restart_loses_nothing_and_running_jobs_go_on(tmp_path, base_mo
         assert reply.choices
     finally:
         stop(served, thread)
+
+
+def test_a_worker_that_dies_fails_its_job_with_what_happened(server, alice):
+    job = long_job(alice)
+    wait_for(lambda: any(e.type == "metrics" for e in alice.fine_tuning.jobs.list_events(job.id).data))
+    os.killpg(server.service.store.job(job.id).pid, signal.SIGKILL)  # what the kernel's OOM killer does
+    failed = finished(alice, job.id, timeout=30)
+    assert failed.status == "failed" and failed.error.code == "training_failed"
+    assert "killed by SIGKILL (out of memory?)" in failed.error.message
+    assert str(server.service.jobs_dir / job.id / "worker.log") in failed.error.message
+    assert failed.fine_tuned_model is None
+
+
+def test_a_job_server_off_loopback_needs_keys(tmp_path, base_model):
+    from llm_finetuning.errors import UserError
+
+    with pytest.raises(UserError, match="API key"):
+        create_jobs_server(tmp_path, {"tiny": BaseModel("tiny", str(base_model))}, host="0.0.0.0", port=0)

@@ -98,8 +98,29 @@ def add_job(store: Store, job_id: str, owner: str, status: str = "queued", **val
     )  # fmt: skip
 
 
-def test_the_store_scopes_every_read_to_its_owner_and_pages_newest_first(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real Postgres server (pgserver's bundled binaries), for the store tests to run on both databases."""
+    pgserver = pytest.importorskip("pgserver")
+    pytest.importorskip("psycopg")
+    server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        return Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    from llm_finetuning.jobs.store import metadata
+
+    fresh = Store(request.getfixturevalue("postgres"))
+    metadata.drop_all(fresh.engine)  # each test starts from empty tables
+    metadata.create_all(fresh.engine)
+    return fresh
+
+
+def test_the_store_scopes_every_read_to_its_owner_and_pages_newest_first(store):
     for i in range(5):
         add_job(store, f"ftjob-a{i}", "alice")
     add_job(store, "ftjob-b0", "bob")
@@ -122,8 +143,7 @@ def test_the_store_scopes_every_read_to_its_owner_and_pages_newest_first(tmp_pat
     assert Store(store.url).job("ftjob-a2").owner == "alice"
 
 
-def test_files_are_scoped_and_deleted_files_are_gone(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+def test_files_are_scoped_and_deleted_files_are_gone(store):
     for i, owner in enumerate(["alice", "alice", "bob"]):
         store.add_file(
             id=f"file-{i}", owner=owner, filename="t.jsonl", purpose="fine-tune", bytes=1, status="processed"
@@ -135,8 +155,7 @@ def test_files_are_scoped_and_deleted_files_are_gone(tmp_path):
     assert [f.id for f in store.list_files("alice", "fine-tune", 10, None, "desc")] == ["file-1"]
 
 
-def test_the_catalog_shows_a_fine_tuned_model_to_its_owner_only(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+def test_the_catalog_shows_a_fine_tuned_model_to_its_owner_only(store):
     add_job(store, "ftjob-abcdef0123456789", "alice", suffix="s")
     job = store.job("ftjob-abcdef0123456789")
     name = fine_tuned_name(job)

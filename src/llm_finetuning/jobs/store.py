@@ -138,6 +138,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def connect(url: str) -> Engine:
     """The database at `url`, its tables created if absent; a clear error for a URL or driver that cannot work."""
+    for plain in ("postgresql://", "postgres://"):  # the driver llmft installs (the postgres extra) is psycopg 3
+        if url.startswith(plain):
+            url = "postgresql+psycopg://" + url[len(plain) :]
     try:
         engine = create_engine(url, future=True, pool_pre_ping=True)
     except (ArgumentError, NoSuchModuleError) as exc:
@@ -169,8 +172,8 @@ class Store:
     """Typed reads and writes over the four tables; every method opens its own short transaction."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
         self.engine = connect(url)
+        self.url = self.engine.url.render_as_string(hide_password=False)  # what the workers are given
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
