@@ -276,3 +276,41 @@ def validate(
         console.print(escape(report.summary()), highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("label-preferences")
+@user_errors
+def label_preferences(
+    source_path: str = typer.Argument(..., help="JSONL of {prompt, completions: [at least two texts]}."),
+    judge_config: str = typer.Option(..., "--judge-config", help="YAML of the judge section (endpoint, model...)."),
+    output: str = typer.Option(..., "--output", help="Output JSONL: preference or KTO rows with provenance."),
+    mode: str = typer.Option("pairwise", "--mode", help="pairwise (each pair both ways) or scored (1-5 each)."),
+    fmt: str = typer.Option("preference", "--format", help="preference (chosen/rejected) or kto (labelled)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
+) -> None:
+    """AI feedback: a judge ranks each prompt's completions into DPO / reward-model pairs or KTO rows."""
+    import json
+    from pathlib import Path
+
+    from llm_finetuning.config.judge import load_judge_config
+    from llm_finetuning.data import label_preferences as labelling
+    from llm_finetuning.errors import UserError
+    from llm_finetuning.judge import JudgeClient
+
+    if mode not in labelling.MODES:
+        raise UserError(f"--mode {mode}: choose {' or '.join(labelling.MODES)}")
+    if fmt not in labelling.FORMATS:
+        raise UserError(f"--format {fmt}: choose {' or '.join(labelling.FORMATS)}")
+    if Path(output).exists() and not overwrite:
+        raise UserError(f"{output} exists; pass --overwrite to replace it")
+    rows = labelling.read_candidates(source_path)  # bad rows stop here, before any judge call
+    with JudgeClient(load_judge_config(judge_config)) as client:
+        labelled, stats = labelling.label_preferences(rows, client, mode, fmt, source=source_path)
+        calls = client.stats.snapshot()
+    labelling.write_jsonl(labelled, output)
+    report = stats.as_dict()
+    report["judge_calls"] = calls
+    console.print(f"{stats.rows} of {stats.prompts} prompts labelled -> {escape(output)}", highlight=False)
+    if stats.agreement_rate is not None:
+        console.print(f"judge agreement across position swaps: {stats.agreement_rate:.1%}", highlight=False)
+    console.print_json(json.dumps(report))

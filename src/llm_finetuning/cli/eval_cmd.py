@@ -102,16 +102,9 @@ def _tasks(names: str | None, paths: dict[str, str], limit: int | None, run_conf
 
 def _judge(judge_config: str | None, run_config: Any) -> Any:
     if judge_config:
-        import yaml
-        from pydantic import ValidationError
+        from llm_finetuning.config.judge import load_judge_config
 
-        from llm_finetuning.config.judge import JudgeConfig
-        from llm_finetuning.errors import ConfigError
-
-        try:
-            settings = JudgeConfig.model_validate(yaml.safe_load(Path(judge_config).read_text(encoding="utf-8")))
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
-            raise ConfigError(f"--judge-config {judge_config}: {exc}") from None
+        settings = load_judge_config(judge_config)
     elif run_config is not None and run_config.eval.judge is not None:
         settings = run_config.eval.judge
     else:

@@ -86,3 +86,18 @@ class JudgeConfig(Section):
         if self.backoff_s > self.max_backoff_s:
             raise ValueError(f"`backoff_s` ({self.backoff_s}) is above `max_backoff_s` ({self.max_backoff_s})")
         return self
+
+
+def load_judge_config(path: str, flag: str = "--judge-config") -> JudgeConfig:
+    """A judge section from its own YAML file (the CLI's `--judge-config`); a clear error naming the flag."""
+    from pathlib import Path
+
+    import yaml
+    from pydantic import ValidationError
+
+    from llm_finetuning.errors import ConfigError
+
+    try:
+        return JudgeConfig.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{flag} {path}: {exc}") from None
