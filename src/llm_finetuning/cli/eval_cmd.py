@@ -180,6 +180,32 @@ def _print_golden(report: Any) -> None:
         f"{report.tolerance:.1%}: {verdict}",
         highlight=False,
     )
+    if report.safety:
+        _print_safety(report.safety)
+
+
+def _print_safety(safety: dict[str, Any]) -> None:
+    def rate(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    table = Table("safety", "baseline", "candidate", title="refusals")
+    table.add_row(
+        f"refusal rate ({safety['harmful_items']} harmful)",
+        rate(safety["baseline_refusal_rate"]),
+        rate(safety["refusal_rate"]),
+    )
+    table.add_row(
+        f"over-refusal rate ({safety['benign_items']} benign)",
+        rate(safety["baseline_over_refusal_rate"]),
+        rate(safety["over_refusal_rate"]),
+    )
+    console.print(table)
+    if safety["regressed"]:
+        console.print(
+            f"[bold red]SAFETY REGRESSION[/]: the refusal rate fell {safety['refusal_drop']:.1%}, beyond the "
+            f"tolerance of {safety['refusal_tolerance']:.1%}",
+            highlight=False,
+        )
 
 
 @user_errors

@@ -40,10 +40,17 @@ def _is_main() -> bool:
 def describe_regression(report: Any) -> str:
     regressed = [item.id for item in report.items if item.status == "regressed"]
     baseline = "its baseline" if report.baseline_pass_rate is None else f"{report.baseline_pass_rate:.1%} (baseline)"
+    items = f"regressed items: {', '.join(regressed[:10])}{' ...' if len(regressed) > 10 else ''}"
+    safety = report.safety or {}
+    if safety.get("regressed") and report.drop <= report.tolerance + 1e-9:
+        return (
+            f"golden set {report.path}: the refusal rate on harmful requests fell from "
+            f"{safety['baseline_refusal_rate']:.1%} to {safety['refusal_rate']:.1%}, beyond the refusal tolerance of "
+            f"{safety['refusal_tolerance']:.1%}; {items}"
+        )
     return (
         f"golden set {report.path}: pass rate {report.candidate_pass_rate:.1%} vs {baseline}, a drop of "
-        f"{report.drop:.1%} beyond the tolerance of {report.tolerance:.1%}; regressed items: "
-        f"{', '.join(regressed[:10])}{' ...' if len(regressed) > 10 else ''}"
+        f"{report.drop:.1%} beyond the tolerance of {report.tolerance:.1%}; {items}"
     )
 
 

@@ -7,7 +7,9 @@ Each item has a `prompt` (text or chat messages) and exactly one expectation:
   normalisation (case, punctuation, articles and spacing ignored);
 - `contains`: the output contains these strings (case-insensitive); the score is the share found;
 - `regex`: the output matches this Python regular expression (`re.search`; inline flags such as `(?i)` work);
-- `judged`: an LLM judge's score (0-1) of the answer against `reference`, with a `rubric` (`eval.judge`).
+- `judged`: an LLM judge's score (0-1) of the answer against `reference`, with a `rubric` (`eval.judge`);
+- `refuses: true` / `answers: true`: a harmful request the model must refuse / a benign look-alike it must
+  answer (evaluation/safety.py: refusal and over-refusal rates, and their own gate, `refusal_tolerance`).
 An item passes when its score reaches its `threshold` (default 1.0; 0.5 for `judged`).
 """
 
@@ -26,7 +28,7 @@ from llm_finetuning.config.base import Section
 from llm_finetuning.errors import DataError, UserError
 from llm_finetuning.rewards.extract import answer_or_text, exact_match
 
-EXPECTATIONS = ("exact", "contains", "regex", "judged")
+EXPECTATIONS = ("exact", "contains", "regex", "judged", "refuses", "answers")
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
@@ -50,6 +52,10 @@ class GoldenItem(Section):
     contains: str | list[str] | None = None
     regex: str | None = None
     judged: JudgedExpectation | None = None
+    refuses: Literal[True] | None = None
+    """A harmful request: the answer must be a refusal."""
+    answers: Literal[True] | None = None
+    """A benign request that looks like a harmful one: the answer must not be a refusal."""
     threshold: float | None = Field(None, ge=0, le=1)
     """Lowest score that passes; default 1.0 (0.5 for `judged`)."""
 
@@ -87,6 +93,12 @@ class GoldenSet:
     tolerance: float = 0.0
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     path: str = ""
+    refusal_tolerance: float = 0.0
+    """Largest allowed fall of the refusal rate on `refuses` items (see evaluation/safety.py)."""
+
+    @property
+    def kinds(self) -> list[str]:
+        return [item.kind for item in self.items]
 
 
 def _as_list(value: str | list[str]) -> list[str]:
@@ -94,8 +106,14 @@ def _as_list(value: str | list[str]) -> list[str]:
 
 
 def load_golden(path: str | Path) -> GoldenSet:
-    """Read and validate a golden file; a bad item is reported with the file, item number and field."""
-    path = Path(path)
+    """Read and validate a golden file (or `builtin:NAME`, a set kept in the package); a bad item is reported
+    with the file, item number and field."""
+    from llm_finetuning.evaluation.safety import builtin_names, builtin_path
+
+    packaged = builtin_path(str(path))
+    if packaged is not None and not packaged.is_file():
+        raise DataError(f"golden set {path}: no such built-in set; built in: {', '.join(builtin_names())}")
+    path = packaged or Path(path)
     if not path.is_file():
         raise DataError(f"Golden file not found: {path}")
     text = path.read_text(encoding="utf-8")
@@ -115,9 +133,12 @@ def load_golden(path: str | Path) -> GoldenSet:
             raise DataError(f"{path}: not valid YAML ({exc})") from None
         if isinstance(data, dict):
             settings = {k: v for k, v in data.items() if k != "items"}
-            unknown = set(settings) - {"tolerance", "max_new_tokens"}
+            unknown = set(settings) - {"tolerance", "max_new_tokens", "refusal_tolerance"}
             if unknown:
-                raise DataError(f"{path}: unknown key(s) {sorted(unknown)}; expected items, tolerance, max_new_tokens")
+                raise DataError(
+                    f"{path}: unknown key(s) {sorted(unknown)}; expected items, tolerance, refusal_tolerance, "
+                    "max_new_tokens"
+                )
             data = data.get("items")
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a list of items (or a mapping with `items:`)")
@@ -142,7 +163,10 @@ def load_golden(path: str | Path) -> GoldenSet:
         raise DataError(f"{path}: `tolerance` must be a number between 0 and 1 (a drop of the pass rate)")
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise DataError(f"{path}: `max_new_tokens` must be a positive integer")
-    return GoldenSet(items, ids, float(tolerance), max_new_tokens, str(path))
+    refusal_tolerance = settings.get("refusal_tolerance", 0.0)
+    if not isinstance(refusal_tolerance, int | float) or not 0 <= refusal_tolerance <= 1:
+        raise DataError(f"{path}: `refusal_tolerance` must be a number between 0 and 1 (a fall of the refusal rate)")
+    return GoldenSet(items, ids, float(tolerance), max_new_tokens, str(path), float(refusal_tolerance))
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -156,6 +180,10 @@ def score_item(item: GoldenItem, output: str, judge: Any = None) -> float:
         return sum(1 for s in wanted if s.lower() in lowered) / len(wanted) if wanted else 1.0
     if item.regex is not None:
         return 1.0 if re.search(item.regex, output) else 0.0
+    if item.refuses or item.answers:
+        from llm_finetuning.evaluation.safety import score_safety
+
+        return score_safety(item.kind, output)
     from llm_finetuning.judge.rubrics import RUBRICS, JudgeItem
     from llm_finetuning.rewards.judged import prompt_text
 
@@ -270,6 +298,8 @@ class GoldenReport:
     baseline: str | None = None
     path: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    safety: dict[str, Any] | None = None
+    """Refusal and over-refusal rates, before and after, when the set has `refuses` / `answers` items."""
 
     @property
     def drop(self) -> float:
@@ -280,7 +310,7 @@ class GoldenReport:
     @property
     def regressed(self) -> bool:
         # A tiny slack: a drop equal to the tolerance (e.g. 1 of 10 items at 0.1) is within it.
-        return self.drop > self.tolerance + 1e-9
+        return self.drop > self.tolerance + 1e-9 or bool(self.safety and self.safety["regressed"])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -293,6 +323,7 @@ class GoldenReport:
             "tolerance": self.tolerance,
             "regressed": self.regressed,
             "counts": self.counts,
+            "safety": self.safety,
             "items": [{**asdict(item), "status": item.status} for item in self.items],
         }
 
@@ -327,6 +358,10 @@ def compare(
             diff.baseline_output = baseline.outputs[index]
         items.append(diff)
     counts = {status: sum(1 for i in items if i.status == status) for status in STATUSES}
+    from llm_finetuning.evaluation import safety
+
+    rated = safety.rates(golden.kinds, candidate.outputs)
+    before = safety.rates(golden.kinds, baseline.outputs) if baseline is not None else None
     return GoldenReport(
         items=items,
         candidate_pass_rate=candidate.pass_rate,
@@ -336,4 +371,5 @@ def compare(
         baseline=baseline_name,
         path=golden.path,
         counts=counts,
+        safety=safety.summary(rated, before, golden.refusal_tolerance) if rated is not None else None,
     )
