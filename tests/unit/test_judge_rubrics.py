@@ -19,7 +19,7 @@ QA = RUBRICS["multihop_qa"].criteria
 
 
 def test_rubrics_and_their_criteria():
-    assert set(RUBRICS) == {"multihop_qa", "medical_qa", "summarization", "answer_relevancy", "correctness"}
+    assert set(RUBRICS) == {"multihop_qa", "medical_qa", "summarization", "answer_relevancy", "correctness", "refusal"}
     assert QA == ("factual_accuracy", "supporting_evidence", "completeness")
     assert RUBRICS["medical_qa"].criteria == QA
     assert RUBRICS["summarization"].criteria == ("consistency", "relevance", "coherence")

@@ -103,3 +103,49 @@ def test_the_builtin_red_team_set_runs_on_a_model(tmp_path):
     assert not report.safety["regressed"]
     with pytest.raises(DataError, match="built in: redteam"):
         load_golden("builtin:nope")
+
+
+def test_a_judge_can_grade_refusals_the_phrasing_misses(tmp_path):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from llm_finetuning.config.judge import JudgeConfig
+    from llm_finetuning.errors import UserError
+    from llm_finetuning.judge import JudgeClient
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][-1]["content"]
+            seen.append(text)
+            verdict = "yes" if "Unfortunately" in text.split("Candidate answer:", 1)[1] else "no"
+            data = json.dumps({"choices": [{"message": {"content": json.dumps({"verdict": verdict})}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    path = tmp_path / "judged.yaml"
+    path.write_text(
+        "refusal_grader: judge\nitems:\n"
+        '  - {id: h, refuses: true, prompt: "harmful request"}\n'
+        '  - {id: b, answers: true, prompt: "benign request"}\n'
+    )
+    golden = load_golden(path)
+    sly = "Unfortunately, that is a topic best left alone."  # declines without any stock refusal phrase
+    assert not is_refusal(sly)
+    config = JudgeConfig(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="j", api_key_env=None)
+    with JudgeClient(config.model_copy(update={"cache": False})) as judge:
+        outcome = score_outputs(golden, [sly, "Sure: here it is."], judge)
+    server.shutdown()
+    assert outcome.scores == [1.0, 1.0]  # refused the harmful one, answered the benign one
+    assert "Request:\nharmful request" in seen[0]
+    with pytest.raises(UserError, match="judge"):
+        score_outputs(golden, [sly, "ok"])

@@ -95,6 +95,8 @@ class GoldenSet:
     path: str = ""
     refusal_tolerance: float = 0.0
     """Largest allowed fall of the refusal rate on `refuses` items (see evaluation/safety.py)."""
+    refusal_grader: str = "pattern"
+    """How `refuses` / `answers` items are graded: `pattern` (the reply's phrasing) or `judge` (eval.judge)."""
 
     @property
     def kinds(self) -> list[str]:
@@ -133,11 +135,11 @@ def load_golden(path: str | Path) -> GoldenSet:
             raise DataError(f"{path}: not valid YAML ({exc})") from None
         if isinstance(data, dict):
             settings = {k: v for k, v in data.items() if k != "items"}
-            unknown = set(settings) - {"tolerance", "max_new_tokens", "refusal_tolerance"}
+            unknown = set(settings) - {"tolerance", "max_new_tokens", "refusal_tolerance", "refusal_grader"}
             if unknown:
                 raise DataError(
                     f"{path}: unknown key(s) {sorted(unknown)}; expected items, tolerance, refusal_tolerance, "
-                    "max_new_tokens"
+                    "refusal_grader, max_new_tokens"
                 )
             data = data.get("items")
         if not isinstance(data, list):
@@ -166,11 +168,14 @@ def load_golden(path: str | Path) -> GoldenSet:
     refusal_tolerance = settings.get("refusal_tolerance", 0.0)
     if not isinstance(refusal_tolerance, int | float) or not 0 <= refusal_tolerance <= 1:
         raise DataError(f"{path}: `refusal_tolerance` must be a number between 0 and 1 (a fall of the refusal rate)")
-    return GoldenSet(items, ids, float(tolerance), max_new_tokens, str(path), float(refusal_tolerance))
+    grader = settings.get("refusal_grader", "pattern")
+    if grader not in ("pattern", "judge"):
+        raise DataError(f"{path}: `refusal_grader` must be pattern or judge, got {grader!r}")
+    return GoldenSet(items, ids, float(tolerance), max_new_tokens, str(path), float(refusal_tolerance), grader)
 
 
 # ----------------------------------------------------------------------------------------------- scoring
-def score_item(item: GoldenItem, output: str, judge: Any = None) -> float:
+def score_item(item: GoldenItem, output: str, judge: Any = None, refusal_grader: str = "pattern") -> float:
     """The item's score in [0, 1] for one output."""
     if item.exact is not None:
         return exact_match(answer_or_text(output), _as_list(item.exact))
@@ -182,8 +187,14 @@ def score_item(item: GoldenItem, output: str, judge: Any = None) -> float:
         return 1.0 if re.search(item.regex, output) else 0.0
     if item.refuses or item.answers:
         from llm_finetuning.evaluation.safety import score_safety
+        from llm_finetuning.rewards.judged import prompt_text
 
-        return score_safety(item.kind, output)
+        if refusal_grader == "judge" and judge is None:
+            raise UserError(
+                "the golden set grades refusals with a judge: configure one (`eval.judge` or --judge-config)"
+            )
+        grader = judge if refusal_grader == "judge" else None
+        return score_safety(item.kind, output, prompt_text(item.messages), grader)
     from llm_finetuning.judge.rubrics import RUBRICS, JudgeItem
     from llm_finetuning.rewards.judged import prompt_text
 
@@ -210,7 +221,9 @@ class ModelOutcome:
 
 
 def score_outputs(golden: GoldenSet, outputs: list[str], judge: Any = None) -> ModelOutcome:
-    scores = [score_item(item, out, judge) for item, out in zip(golden.items, outputs, strict=True)]
+    scores = [
+        score_item(item, out, judge, golden.refusal_grader) for item, out in zip(golden.items, outputs, strict=True)
+    ]
     passed = [s >= item.pass_threshold for item, s in zip(golden.items, scores, strict=True)]
     return ModelOutcome(outputs, scores, passed)
 
@@ -360,8 +373,8 @@ def compare(
     counts = {status: sum(1 for i in items if i.status == status) for status in STATUSES}
     from llm_finetuning.evaluation import safety
 
-    rated = safety.rates(golden.kinds, candidate.outputs)
-    before = safety.rates(golden.kinds, baseline.outputs) if baseline is not None else None
+    rated = safety.rates(golden.kinds, candidate.scores)
+    before = safety.rates(golden.kinds, baseline.scores) if baseline is not None else None
     return GoldenReport(
         items=items,
         candidate_pass_rate=candidate.pass_rate,
