@@ -19,7 +19,7 @@ $(BIN)/python:
 # torch first, on its own: the pinned build, never a second one pulled in by a dependency.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tensorboard,quantization,eval-harness,ui,ray]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tensorboard,quantization,eval-harness,ui,ray,privacy]"
 	touch $(STAMP)
 
 install: $(STAMP)

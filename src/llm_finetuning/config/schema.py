@@ -40,6 +40,7 @@ from llm_finetuning.config.methods import (  # noqa: F401  (re-exported: the sch
     SFTMethod,
 )
 from llm_finetuning.config.multihead import check_heads
+from llm_finetuning.config.privacy import PrivacyConfig, check_privacy
 from llm_finetuning.data.clean.config import CleanConfig
 from llm_finetuning.evaluation.config import EvalTaskConfig, GoldenConfig, one_or_many_tasks
 
@@ -311,6 +312,9 @@ class TrainingConfig(Section):
     each pass over the prompts). `--resume` continues from the newest complete one."""
     save_total_limit: int | None = Field(2, gt=0)
     """Keep only the newest N checkpoints."""
+    privacy: PrivacyConfig | None = None
+    """Differentially private SFT (DP-SGD through Opacus: per-example clipping, noise, Poisson batches, an
+    accountant). Unset: ordinary training."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Escape hatch: keyword arguments passed straight to the underlying TRL/transformers config. Unknown names
     are errors; keys this schema already covers must be set there instead."""
@@ -432,6 +436,7 @@ class Config(Section):
                 "computes log-probabilities from the head's base weight). Remove it, or add `lm_head` to "
                 "`adapter.modules_to_save`"
             )
+        check_privacy(self)
         heads = {source.head for source in [*self.data.train, *self.data.eval] if source.head is not None}
         if self.method.name == "multi_head":
             check_heads(self)

@@ -39,7 +39,9 @@ def build_trainer(
     arguments: dict[str, Any] = training_arguments(config, run, has_eval=data.eval is not None)
     path = fast_path.for_config(config)
     packing = config.data.packing
-    padding_free = not packing and removes_padding(config, model, path)
+    private = config.training.privacy
+    # DP-SGD needs each example in its own row: its gradient must be that example's alone.
+    padding_free = not packing and private is None and removes_padding(config, model, path)
     if packing:
         rows_isolated(model, path)  # the plan's attention for packed rows, where it keeps them apart
     arguments.update(
@@ -52,8 +54,10 @@ def build_trainer(
         dataset_num_proc=None,
         shuffle_dataset=False,  # the trainer's sampler shuffles every epoch with training.seed
     )
+    if private is not None:
+        arguments["max_grad_norm"] = 0.0  # DP-SGD clips each example's gradient; clipping the sum would be wrong
     args = SFTConfig(**apply_extra(arguments, config.training.extra, SFTConfig))
-    trainer = SFTTrainer(
+    parts: dict[str, Any] = dict(
         model=model,
         args=args,
         train_dataset=data.train,
@@ -61,6 +65,12 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    if private is not None:
+        from llm_finetuning.methods.private import PrivateSFTTrainer
+
+        trainer: SFTTrainer = PrivateSFTTrainer(**parts, privacy=private)
+    else:
+        trainer = SFTTrainer(**parts)
     if path.lm_head.value == "plain":
         use_plain_lm_head(trainer)  # TRL's fused head is slow without Triton (CPU); same loss, computed plainly
     return trainer
