@@ -63,6 +63,8 @@ def test_success_scores_and_counts_one_call(stub, make):
         "judge/failures": 0.0,
         "judge/fallbacks": 0.0,
         "judge/budget_refusals": 0.0,
+        "judge/prompt_tokens": 0.0,
+        "judge/completion_tokens": 0.0,
     }
 
 

@@ -314,3 +314,44 @@ def label_preferences(
     if stats.agreement_rate is not None:
         console.print(f"judge agreement across position swaps: {stats.agreement_rate:.1%}", highlight=False)
     console.print_json(json.dumps(report))
+
+
+@app.command("generate")
+@user_errors
+def generate(
+    config: str = typer.Argument(None, help="YAML of the generation run (teacher, task, output...)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist."),
+    templates: bool = typer.Option(False, "--templates", help="Print the built-in prompt templates and exit."),
+) -> None:
+    """Synthetic data from a teacher endpoint: self-instruct, Evol-Instruct, distillation with rejection
+    sampling, multi-turn conversations, Constitutional-AI revisions; cleaned, with provenance and cost."""
+    import json
+
+    from llm_finetuning.errors import UserError
+    from llm_finetuning.synth import generate_data, load_generate_config
+    from llm_finetuning.synth.templates import BUILTIN
+
+    if templates:
+        for name, text in BUILTIN.items():
+            console.print(f"[bold]{name}[/]\n{escape(text)}\n", soft_wrap=True, highlight=False)
+        return
+    if config is None:
+        raise UserError("give the generation config: llmft data generate CONFIG (docs/data-generation.md)")
+    settings = load_generate_config(config, {"overwrite": True} if overwrite else None)
+    result = generate_data(settings)
+    report = result.report
+    console.print(
+        f"{report['task']}: {report['rows']} rows generated from {report['inputs']} inputs; written"
+        + (" after cleaning: " if settings.clean.enabled else ": ")
+        + ", ".join(f"{escape(path)} ({report['written'][name]} rows)" for name, path in result.outputs.items()),
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"teacher tokens: {report['tokens']['prompt']} prompt + {report['tokens']['completion']} completion; "
+        f"cost {report['cost']:.4f}; report: {escape(result.report_path)}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    if report["dropped"]:
+        console.print(f"dropped: {json.dumps(report['dropped'])}", soft_wrap=True, highlight=False)

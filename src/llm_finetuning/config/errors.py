@@ -45,14 +45,16 @@ def _tag(cls: type[BaseModel]) -> str | None:
     return found[1] if found else None
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[KeyPath, list[type[BaseModel]], list[type[BaseModel]]]:
+def _walk(
+    loc: tuple[Any, ...], root: type[BaseModel] = Config
+) -> tuple[KeyPath, list[type[BaseModel]], list[type[BaseModel]]]:
     """Map pydantic's error location onto the user's key path.
 
     Returns the user path (tags of tagged unions removed), the model owning the last key, and the other
     members of the union that model came from (to say "this key belongs to method X").
     """
-    classes: list[type[BaseModel]] = [Config]
-    owner: list[type[BaseModel]] = [Config]
+    classes: list[type[BaseModel]] = [root]
+    owner: list[type[BaseModel]] = [root]
     siblings: list[type[BaseModel]] = []
     path: list[str | int] = []
     for part in loc:
@@ -137,10 +139,12 @@ def _first_key_named(message: str, locations: dict[KeyPath, str]) -> KeyPath:
     return keys[0] if keys else ()
 
 
-def _problems(exc: ValidationError, locations: dict[KeyPath, str]) -> list[tuple[KeyPath, str]]:
+def _problems(
+    exc: ValidationError, locations: dict[KeyPath, str], root: type[BaseModel] = Config
+) -> list[tuple[KeyPath, str]]:
     problems = []
     for error in exc.errors():
-        path, owner, siblings = _walk(tuple(error["loc"]))
+        path, owner, siblings = _walk(tuple(error["loc"]), root)
         if not path and error["type"] == "value_error":
             path = _first_key_named(error["msg"], locations)
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
@@ -155,9 +159,11 @@ def validation_problems(exc: ValidationError, locations: dict[KeyPath, str] | No
     return list(dict.fromkeys((_dotted(path), message) for path, message in _problems(exc, locations or {})))
 
 
-def format_validation_error(exc: ValidationError, locations: dict[KeyPath, str]) -> str:
-    """One line per problem: `file:line: key.path: what is wrong and what to do`."""
-    lines = [f"{_where(path, locations)}: {_dotted(path)}: {message}" for path, message in _problems(exc, locations)]
+def format_validation_error(exc: ValidationError, locations: dict[KeyPath, str], root: type[BaseModel] = Config) -> str:
+    """One line per problem: `file:line: key.path: what is wrong and what to do`. `root` is the schema that was
+    validated (the training config unless told)."""
+    problems = _problems(exc, locations, root)
+    lines = [f"{_where(path, locations)}: {_dotted(path)}: {message}" for path, message in problems]
     count = len(lines)
     head = f"Invalid config ({count} problem{'s' if count > 1 else ''}):"
     return "\n".join([head, *("  " + line for line in dict.fromkeys(lines))])

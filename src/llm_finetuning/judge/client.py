@@ -148,6 +148,7 @@ class JudgeClient:
                 raise JudgeFailed(f"the budget of {self.config.budget} judge calls is spent")
             outcome = post_chat(self._opener, self.url, body, self._headers, self.config.timeout_s)
             if outcome.text is not None:
+                self.stats.add(prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens)
                 if self._cache is not None and (accept is None or accept(outcome.text)):
                     self._cache.put(key, outcome.text)
                 return outcome.text

@@ -27,6 +27,10 @@ class JudgeStats:
     """Judgements that got the fallback score (after their retries, or without a request at all)."""
     budget_refusals: int = 0
     """Judgements refused because the run's budget of calls was spent (each also counts as a fallback)."""
+    prompt_tokens: int = 0
+    """Prompt tokens of the replies received, as the endpoint reported them (`usage`; cached replies cost none)."""
+    completion_tokens: int = 0
+    """Completion tokens of the replies received, as the endpoint reported them."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> dict[str, int]:
@@ -44,7 +48,8 @@ class JudgeStats:
 
 def judge_metrics(source: Any) -> dict[str, float]:
     """The judge's counters as metrics for the trainer's log: `judge/calls`, `judge/cache_hits`,
-    `judge/failures`, `judge/fallbacks`, `judge/retries`, `judge/requests`, `judge/budget_refusals`.
+    `judge/failures`, `judge/fallbacks`, `judge/retries`, `judge/requests`, `judge/budget_refusals`,
+    `judge/prompt_tokens`, `judge/completion_tokens`.
 
     `source` is a `JudgeClient` (anything with a `stats` attribute) or a `JudgeStats`. Values are cumulative."""
     stats = source if isinstance(source, JudgeStats) else source.stats

@@ -31,6 +31,9 @@ class Outcome:
     retryable: bool = False
     retry_after: float | None = None
     """Seconds the server asked to wait (`Retry-After`), if it did."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    """Token counts the server reported (`usage`), 0 when it reported none."""
 
 
 def is_loopback(url: str) -> bool:
@@ -91,12 +94,25 @@ def backoff_delay(
 
 def chat_reply(payload: bytes) -> str | None:
     """The assistant text of an OpenAI chat completion response body, or None when it is not one."""
+    return _parse_reply(payload)[0]
+
+
+def _parse_reply(payload: bytes) -> tuple[str | None, int, int]:
+    """The assistant text (None when the body is not a chat completion) and the prompt and completion tokens of
+    its `usage` (0 where absent)."""
     try:
         body = json.loads(payload)
         content = body["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-        return None
-    return content if isinstance(content, str) else None
+        return None, 0, 0
+    if not isinstance(content, str):
+        return None, 0, 0
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    return content, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def post_chat(
@@ -124,7 +140,7 @@ def post_chat(
         return Outcome(error="timed out", retryable=True)
     except (http.client.HTTPException, ConnectionError, OSError) as error:
         return Outcome(error=f"connection failed ({type(error).__name__})", retryable=True)
-    text = chat_reply(payload)
+    text, prompt_tokens, completion_tokens = _parse_reply(payload)
     if text is None:
         return Outcome(error="response is not an OpenAI chat completion")
-    return Outcome(text=text)
+    return Outcome(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
