@@ -52,12 +52,25 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
     data, locations = _read_yaml(path)
-    _resolve_relative_paths(data, path.parent)
+    return _with_parents(data, locations, path.parent, (*_chain, path))
 
+
+def load_raw_mapping(
+    data: dict[str, Any], base: Path, locations: Locations | None = None
+) -> tuple[dict[str, Any], Locations]:
+    """`load_raw` for a config written inline in another file (a stage of a stages file): paths and `extends`
+    are relative to `base`, the folder of the file that holds it."""
+    return _with_parents(copy.deepcopy(data), dict(locations or {}), base.resolve(), ())
+
+
+def _with_parents(
+    data: dict[str, Any], locations: Locations, base: Path, chain: tuple[Path, ...]
+) -> tuple[dict[str, Any], Locations]:
+    _resolve_relative_paths(data, base)
     parents = data.pop("extends", None)
     if parents is None:
         return data, locations
-    where = locations.pop(("extends",))
+    where = locations.pop(("extends",), str(base))
     if isinstance(parents, str):
         parents = [parents]
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
@@ -65,10 +78,10 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
     merged: dict[str, Any] = {}
     merged_locations: Locations = {}
     for parent in parents:
-        parent_path = (path.parent / parent).resolve()
+        parent_path = (base / parent).resolve()
         if not parent_path.is_file():
             raise ConfigError(f"{where}: `extends: {parent}` not found (looked for {parent_path})")
-        parent_data, parent_locations = load_raw(parent_path, (*_chain, path))
+        parent_data, parent_locations = load_raw(parent_path, chain)
         _deep_merge(merged, merged_locations, parent_data, parent_locations)
     _deep_merge(merged, merged_locations, data, locations)
     return merged, merged_locations

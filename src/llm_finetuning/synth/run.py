@@ -36,7 +36,14 @@ _PATH_FIELDS = ("seed_tasks", "prompts", "constitution", "preference_output")
 def load_generate_config(path: str | Path, overrides: dict[str, Any] | None = None) -> GenerateConfig:
     """The config of a generation run; file paths in it are relative to the file. Errors name file and line."""
     raw, locations = load_raw(path)
-    base = Path(path).resolve().parent
+    return generate_config_from(raw, locations, Path(path).resolve().parent, overrides)
+
+
+def generate_config_from(
+    raw: dict[str, Any], locations: dict, base: Path, overrides: dict[str, Any] | None = None
+) -> GenerateConfig:
+    """Validate a generation config already read (from its file, or inline in a stages file); its file paths
+    are made relative to `base`."""
     for key, value in (overrides or {}).items():
         raw[key] = value
     task = raw.get("task")
