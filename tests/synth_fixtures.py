@@ -1,6 +1,7 @@
 """A scripted OpenAI-compatible teacher on 127.0.0.1: `policy(messages, count)` writes each reply, where `count`
 is how many times this exact conversation was asked before (so n samples of one prompt can differ). Replies
-carry `usage` with one token per word, so the token counts of a run can be checked exactly."""
+carry `usage` with one token per word, so the token counts of a run can be checked exactly. Also: `llmft serve`
+started in its own process, for tests that use the project's server as the endpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 Policy = Callable[[list[dict[str, str]], int], str]
@@ -78,3 +80,76 @@ class ScriptedTeacher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def start_llmft_serve(directory: str | Path, *args: str, env: dict[str, str] | None = None) -> tuple[Any, str]:
+    """`llmft serve DIRECTORY` in its own process on a free loopback port; returns the process and its base URL
+    (the caller terminates it). Its log keeps draining so that it never blocks on a full pipe."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250", **(env or {})}
+    command = [sys.executable, "-m", "llm_finetuning.cli.main", "serve", str(directory), "--port", "0", *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    lines, url, deadline = [], None, time.monotonic() + 120
+    while url is None and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
+        url = match.group(0) if match else None
+    if url is None:
+        process.kill()
+        pytest.fail("llmft serve did not start:\n" + "".join(lines))
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    return process, url
+
+
+def save_fixed_reply_model(directory: str | Path, reply_text: str) -> None:
+    """A causal LM that answers `reply_text` (no character twice) after any chat prompt, saved like a hub model.
+
+    Its decoder layers write nothing to the residual stream (zero output projections), so the next-token logits
+    depend on the current token only; its embeddings and output rows make the chain newline -> each character of
+    the reply -> end-of-turn. The chat prompt ends with a newline, so greedy decoding gives the reply whatever the
+    prompt holds: deterministic, no training."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm_finetuning.models.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    reply = tokenizer(reply_text, add_special_tokens=False)["input_ids"]
+    chain = newline + reply + [tokenizer.eos_token_id]
+    assert len(set(chain)) == len(chain)  # each token has one successor
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        embed = model.model.embed_tokens.weight
+        for dim, (current, following) in enumerate(zip(chain[:-1], chain[1:], strict=True)):
+            embed[current] = 0.0
+            embed[current, dim] = 1.0  # orthogonal one-hot states: no successor competes with another
+            model.lm_head.weight[following, dim] = 10.0
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)

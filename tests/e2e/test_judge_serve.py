@@ -13,16 +13,9 @@ greedy decoding answers `Score: 4` whatever the judge prompt holds. No training 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_finetuning.config.judge import JudgeConfig
 from llm_finetuning.config.schema import TinyModelConfig
@@ -30,6 +23,7 @@ from llm_finetuning.judge import JudgeClient, judge_metrics
 from llm_finetuning.models.tiny import build_model, build_tokenizer
 from llm_finetuning.rewards.registry import get_reward
 from llm_finetuning.serve.server import Engine, ServerLimits, create_server
+from tests.synth_fixtures import save_fixed_reply_model, start_llmft_serve
 
 pytestmark = pytest.mark.e2e
 
@@ -45,40 +39,6 @@ BATCH = {
     ],
     "answers": [["William Shakespeare"], ["Paris"], ["William Shakespeare"], ["Paris"]],
 }
-
-
-def save_scoring_model(directory) -> None:
-    """A causal LM that answers `REPLY` after any chat prompt (see the module docstring), saved like a hub model."""
-    tokenizer = build_tokenizer()
-    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    reply = tokenizer(REPLY, add_special_tokens=False)["input_ids"]
-    chain = newline + reply + [tokenizer.eos_token_id]
-    assert len(set(chain)) == len(chain)  # each token has one successor
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=8192,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.lm_head.weight.zero_()
-        embed = model.model.embed_tokens.weight
-        for dim, (current, following) in enumerate(zip(chain[:-1], chain[1:], strict=True)):
-            embed[current] = 0.0
-            embed[current, dim] = 1.0  # orthogonal one-hot states: no successor competes with another
-            model.lm_head.weight[following, dim] = 10.0
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
 
 
 @pytest.fixture(scope="module")
@@ -98,23 +58,9 @@ def garbage_url():
 def scoring_url(tmp_path_factory):
     """`llmft serve` of the scoring model in its own process, with an API key; yields its base URL."""
     directory = tmp_path_factory.mktemp("judge-model")
-    save_scoring_model(directory)
-    env = {**os.environ, "LLMFT_API_KEY": KEY, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}
-    command = [sys.executable, "-m", "llm_finetuning.cli.main", "serve", str(directory), "--port", "0"]
-    command += ["--max-tokens", "32", "--model-id", "scorer"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines, url, deadline = [], None, time.monotonic() + 120
-    while url is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            break
-        lines.append(line)
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
-        url = match.group(0) if match else None
-    if url is None:
-        process.kill()
-        pytest.fail("llmft serve did not start:\n" + "".join(lines))
-    threading.Thread(target=process.stdout.read, daemon=True).start()  # keep draining its log
+    save_fixed_reply_model(directory, REPLY)
+    args = ("--max-tokens", "32", "--model-id", "scorer")
+    process, url = start_llmft_serve(directory, *args, env={"LLMFT_API_KEY": KEY})
     yield url
     process.terminate()
     process.wait(timeout=30)
