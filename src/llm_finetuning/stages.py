@@ -52,12 +52,19 @@ class StageResult:
     """A generation stage's files: `rows` (and `preference`)."""
 
 
+def _resolve(path: str | Path) -> Path:
+    """A stages file, or the shipped recipe of that name."""
+    from llm_finetuning.config.loading import resolve_config_path
+
+    return Path(path) if Path(path).exists() else resolve_config_path(path)
+
+
 def is_stages_file(path: str | Path) -> bool:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(_resolve(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, ConfigError):
         return False
     return isinstance(data, dict) and "stages" in data
 
@@ -111,6 +118,12 @@ def _stage_specs(path: Path) -> tuple[Path, list[dict[str, Any]], Locations]:
         names.append(stage["name"])
         trained.append(stage["name"])
     return Path(data.get("output_dir") or Path("runs") / path.stem), stages, locations
+
+
+def stage_names(path: str | Path) -> list[str]:
+    """The names of a stages file's stages, with what each does (`data (generate)`), for listings."""
+    _, specs, _ = _stage_specs(_resolve(path))
+    return [f"{spec['name']} (generate)" if "generate" in spec else spec["name"] for spec in specs]
 
 
 def _read_part(
@@ -214,7 +227,7 @@ def run_stages(path: str | Path, overwrite: bool = False) -> list[StageResult]:
     from llm_finetuning.synth.run import generate_data
     from llm_finetuning.train import train
 
-    path = Path(path).resolve()
+    path = _resolve(path).resolve()
     output_dir, specs, locations = _stage_specs(path)
     # Validate every stage before running anything (a stage built on an earlier one gets a placeholder model).
     files: dict[str, dict[str, str]] = {}

@@ -149,3 +149,11 @@ def test_a_judge_can_grade_refusals_the_phrasing_misses(tmp_path):
     assert "Request:\nharmful request" in seen[0]
     with pytest.raises(UserError, match="judge"):
         score_outputs(golden, [sly, "ok"])
+
+
+def test_a_config_file_naming_the_builtin_set_keeps_the_name(tmp_path):
+    from llm_finetuning.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: tiny}\ndata: {train: {path: t.jsonl}}\neval: {golden: {path: builtin:redteam}}\n")
+    assert load_config(path).eval.golden.path == "builtin:redteam"  # not made relative to the file

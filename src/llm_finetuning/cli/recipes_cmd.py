@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llm_finetuning.cli.common import console, user_errors
-from llm_finetuning.recipes.catalog import all_recipes, copy_recipe, get_recipe, render
+from llm_finetuning.recipes.catalog import Recipe, all_recipes, copy_recipe, get_recipe, render
 
 app = typer.Typer(help="The collection's pipelines as ready-to-run configs.", no_args_is_help=True)
 
@@ -20,7 +20,7 @@ def list_recipes(
     """Every recipe with its method, adapter, model and what it trains. Run one with `llmft train NAME`."""
     from llm_finetuning.config import load_config
 
-    recipes = [r for r in all_recipes() if not prefix or r.name.startswith(prefix.strip("/"))]
+    recipes = [r for r in all_recipes(None) if not prefix or r.name.startswith(prefix.strip("/"))]
     if not recipes:
         console.print(f"No recipe starts with `{escape(prefix)}`; `llmft recipes list` shows them all.")
         raise typer.Exit(1)
@@ -29,6 +29,10 @@ def list_recipes(
     for column in ("method", "adapter", "model", "trains"):
         table.add_column(column, overflow="fold")
     for recipe in recipes:
+        if recipe.kind != "train":
+            method, adapter, model = _workflow_columns(recipe)
+            table.add_row(escape(recipe.name), method, adapter, escape(model), escape(recipe.summary))
+            continue
         config = load_config(recipe.path)
         table.add_row(
             escape(recipe.name),
@@ -38,6 +42,17 @@ def list_recipes(
             escape(recipe.summary),
         )
     console.print(table)
+
+
+def _workflow_columns(recipe: Recipe) -> tuple[str, str, str]:
+    """method, adapter and model columns of a generation or stages recipe."""
+    from llm_finetuning.stages import stage_names
+    from llm_finetuning.synth import load_generate_config
+
+    if recipe.kind == "generate":
+        config = load_generate_config(recipe.path)
+        return f"generate: {config.task.name}", "-", f"teacher {config.teacher.model}"
+    return "stages: " + " -> ".join(stage_names(recipe.path)), "-", "-"
 
 
 @app.command("show")

@@ -196,7 +196,8 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
                 task["path"] = _relative_to(task["path"], base)
         golden = evaluation.get("golden")
         if isinstance(golden, dict) and isinstance(golden.get("path"), str):
-            golden["path"] = _relative_to(golden["path"], base)
+            if not golden["path"].startswith("builtin:"):  # a set kept in the package, not a file
+                golden["path"] = _relative_to(golden["path"], base)
         if isinstance(golden, dict) and isinstance(golden.get("baseline"), str):
             if golden["baseline"].startswith(("./", "../")):  # else a hub id, like model.name
                 golden["baseline"] = _relative_to(golden["baseline"], base)

@@ -30,6 +30,19 @@ class Recipe:
     path: Path
 
     @property
+    def kind(self) -> str:
+        """`train` (a training config), `generate` (a `llmft data generate` config) or `stages` (a chain)."""
+        try:
+            data = yaml.safe_load(self.path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return "train"
+        if isinstance(data, dict) and "stages" in data:
+            return "stages"
+        if isinstance(data, dict) and "task" in data and "output" in data:
+            return "generate"
+        return "train"
+
+    @property
     def description(self) -> str:
         """The comment block at the top of the file, without the `#` markers."""
         lines: list[str] = []
@@ -52,15 +65,21 @@ def recipes_root() -> Path:
     return Path(str(resources.files(__package__)))
 
 
-def all_recipes() -> list[Recipe]:
-    """Every shipped recipe, sorted by name."""
+KINDS = ("train", "generate", "stages")
+
+
+def all_recipes(kind: str | None = "train") -> list[Recipe]:
+    """The shipped recipes of one kind (`train` by default: what `llmft train` runs as one run; `generate`,
+    `stages`), or of every kind when `kind` is None; sorted by name."""
     root = recipes_root()
     found = []
     for path in root.rglob(f"*{SUFFIX}"):
         relative = path.relative_to(root)
         if any(part.startswith("_") for part in relative.parts):
             continue
-        found.append(Recipe(relative.with_suffix("").as_posix(), path))
+        recipe = Recipe(relative.with_suffix("").as_posix(), path)
+        if kind is None or recipe.kind == kind:
+            found.append(recipe)
     return sorted(found, key=lambda r: r.name)
 
 
@@ -74,13 +93,13 @@ def normalise(name: str) -> str:
 def find_recipe(name: str) -> Recipe | None:
     """The recipe called `name`, or None."""
     wanted = normalise(name)
-    return next((recipe for recipe in all_recipes() if recipe.name == wanted), None)
+    return next((recipe for recipe in all_recipes(None) if recipe.name == wanted), None)
 
 
 def closest_names(name: str, count: int = 3) -> list[str]:
     """Recipe names that look like `name`: close spellings first, then names sharing its last parts."""
     wanted = normalise(name)
-    names = [recipe.name for recipe in all_recipes()]
+    names = [recipe.name for recipe in all_recipes(None)]
     close = difflib.get_close_matches(wanted, names, n=count, cutoff=0.5)
     tail = wanted.rsplit("/", 1)[-1]
     close += [n for n in names if n not in close and (n.endswith(f"/{wanted}") or n.endswith(f"/{tail}"))]
@@ -108,9 +127,23 @@ def merged(recipe: Recipe) -> dict[str, Any]:
     from llm_finetuning.config.loading import load_raw  # the loader imports this module for names
 
     data, _ = load_raw(recipe.path)
+    if recipe.kind != "train":
+        data = _absolute_files(data, recipe.path.parent)
     ordered = {key: data[key] for key in SECTION_ORDER if key in data}
     ordered.update({key: value for key, value in data.items() if key not in ordered})
     return ordered
+
+
+def _absolute_files(value: Any, base: Path) -> Any:
+    """Generation and stage recipes name files shipped beside them (seed prompts, a constitution): a copy of the
+    recipe elsewhere must still find them, so such relative names become absolute."""
+    if isinstance(value, dict):
+        return {key: _absolute_files(item, base) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_absolute_files(item, base) for item in value]
+    if isinstance(value, str) and Path(value).suffix and not Path(value).is_absolute() and (base / value).is_file():
+        return str((base / value).resolve())
+    return value
 
 
 def render(recipe: Recipe) -> str:

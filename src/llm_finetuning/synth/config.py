@@ -43,7 +43,7 @@ class ScoreConfig(Section):
     """A reward by name (`llmft rewards list`): `answer_correctness`, `boxed_correctness`, `format`...; rows
     need the reference columns the reward reads (e.g. `answer`)."""
     rubric: str | None = None
-    """A judge rubric by name (`helpfulness`, `correctness`, `answer_relevancy`...), scored in [0, 1] by
+    """A judge rubric by name (`correctness`, `answer_relevancy`, `multihop_qa`...), scored in [0, 1] by
     `judge` (or by the teacher when `judge` is unset)."""
     judge: JudgeConfig | None = None
     """The endpoint that grades with `rubric`; unset: the teacher grades its own samples at temperature 0."""

@@ -34,25 +34,33 @@ _PATH_FIELDS = ("seed_tasks", "prompts", "constitution", "preference_output")
 
 
 def load_generate_config(path: str | Path, overrides: dict[str, Any] | None = None) -> GenerateConfig:
-    """The config of a generation run; file paths in it are relative to the file. Errors name file and line."""
-    raw, locations = load_raw(path)
-    return generate_config_from(raw, locations, Path(path).resolve().parent, overrides)
+    """The config of a generation run, from its file or a shipped recipe's name; file paths in it are relative to
+    the file, except a recipe's `output`, which is relative to the working directory (as a training recipe's
+    `output_dir` is). Errors name file and line."""
+    from llm_finetuning.config.loading import resolve_config_path
+
+    resolved = resolve_config_path(path)
+    raw, locations = load_raw(resolved)
+    recipe = not Path(path).exists()
+    return generate_config_from(raw, locations, resolved.resolve().parent, overrides, Path.cwd() if recipe else None)
 
 
 def generate_config_from(
-    raw: dict[str, Any], locations: dict, base: Path, overrides: dict[str, Any] | None = None
-) -> GenerateConfig:
+    raw: dict[str, Any], locations: dict, base: Path, overrides: dict[str, Any] | None = None,
+    output_base: Path | None = None,
+) -> GenerateConfig:  # fmt: skip
     """Validate a generation config already read (from its file, or inline in a stages file); its file paths
-    are made relative to `base`."""
+    are made relative to `base` (`output` to `output_base` when given)."""
     for key, value in (overrides or {}).items():
         raw[key] = value
     task = raw.get("task")
     if isinstance(task, dict):
         for key in _PATH_FIELDS:
             if isinstance(task.get(key), str) and not task[key].startswith("builtin:"):
-                task[key] = str(base / task[key])
+                folder = output_base if key == "preference_output" and output_base else base
+                task[key] = str(folder / task[key])
     if isinstance(raw.get("output"), str):
-        raw["output"] = str(base / raw["output"])
+        raw["output"] = str((output_base or base) / raw["output"])
     clean = raw.get("clean")
     if isinstance(clean, dict) and isinstance(clean.get("against"), list):
         clean["against"] = [str(base / p) if isinstance(p, str) else p for p in clean["against"]]
