@@ -47,7 +47,14 @@ ENCODER_METHODS = ("embedding", "reranker", "classify", "multi_head")
 RECIPES = all_recipes()
 NAMES = [r.name for r in RECIPES]
 # Adapter method a recipe folder stands for.
-SFT_ADAPTER = {"lora": "lora", "qlora": "lora", "dora": "dora", "p_tuning": "p_tuning", "prefix_tuning": "prefix"}
+SFT_ADAPTER = {
+    "lora": "lora",
+    "qlora": "lora",
+    "dora": "dora",
+    "p_tuning": "p_tuning",
+    "prefix_tuning": "prefix",
+    "dp_lora": "lora",
+}
 # Record kind each method trains on (what a named dataset must be able to give).
 METHOD_KIND = {"sft": "messages", "grpo": "prompt_only", "ppo": "prompt_only", "kto": "unpaired"}
 
