@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.text import Text
 
 from llm_finetuning.errors import UserError
@@ -53,6 +54,15 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             sys.exit(130)
+        except EOFError as exc:
+            # click would print only "Aborted!" for it, as for Ctrl-C; say what ended early instead.
+            err_console.print(
+                f"[bold red]error:[/] unexpected end of input (EOFError: {escape(str(exc)) or 'no detail'}); a "
+                "file or stream ended before it should have",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 

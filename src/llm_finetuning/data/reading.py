@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,7 @@ def read_rows(path: str | Path, max_rows: int | None = None) -> Iterator[Row | D
     if kind == ".parquet":
         rows = _read_parquet(path)
     else:
-        with _open_bytes(path) as raw:
-            data = raw.read()
+        data = _read_bytes(path)
         if not data.strip():
             raise DataError(f"{path}: the file is empty")
         reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}[kind]
@@ -70,6 +70,21 @@ def _kind(path: Path) -> str:
 
 def _open_bytes(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The whole (decompressed) file. A truncated or corrupt `.gz` is a `DataError` naming the file: left alone,
+    gzip's EOFError reaches the command line, where click turns it into a bare "Aborted"."""
+    try:
+        with _open_bytes(path) as raw:
+            return raw.read()
+    except EOFError:
+        raise DataError(
+            f"{path}: the compressed file is truncated (it ends before gzip's end-of-stream marker); copy or "
+            "download it again"
+        ) from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path}: the file is not valid gzip data ({exc}); it is corrupt or not gzip") from None
 
 
 def _decode_lines(path: Path, data: bytes) -> Iterator[tuple[int, str | DataError]]:
