@@ -15,7 +15,7 @@ from llm_finetuning.errors import UserError
 from llm_finetuning.serve.server import Engine, ServerLimits, create_server
 from llm_finetuning.train import train
 from tests.conftest import shared, tiny_config
-from tests.e2e.test_judge_serve import save_scoring_model
+from tests.synth_fixtures import save_fixed_reply_model
 
 pytestmark = pytest.mark.e2e
 FORMAT = "Answer as <reasoning>...</reasoning> then <answer>...</answer>."
@@ -25,7 +25,7 @@ FORMAT = "Answer as <reasoning>...</reasoning> then <answer>...</answer>."
 def judge_url(tmp_path_factory):
     """A model that replies `Score: 4` to any prompt, served in-process on a free loopback port."""
     directory = tmp_path_factory.mktemp("scorer")
-    save_scoring_model(directory)
+    save_fixed_reply_model(directory, "Score: 4")
     model = AutoModelForCausalLM.from_pretrained(directory).eval()
     server = create_server(
         Engine(model, AutoTokenizer.from_pretrained(directory), "scorer"), "127.0.0.1", 0, None, ServerLimits(32)
