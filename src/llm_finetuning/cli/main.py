@@ -20,6 +20,7 @@ from llm_finetuning.cli import (
     quickstart_cmd,
     recipes_cmd,
     rewards_cmd,
+    runs_cmd,
     serve_cmd,
     train_cmd,
     ui_cmd,
@@ -46,6 +47,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("jobs")(jobs_cmd.jobs)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("ui")(ui_cmd.ui)
+app.command("runs")(runs_cmd.runs)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(rewards_cmd.app, name="rewards")
