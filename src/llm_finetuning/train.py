@@ -29,6 +29,7 @@ from llm_finetuning.runs import distributed
 from llm_finetuning.runs.metrics import MetricsLogger, ProgressFile, read_metrics
 from llm_finetuning.runs.plots import plot_metrics
 from llm_finetuning.runs.progress import use_logged_progress
+from llm_finetuning.runs.resume_totals import ElapsedTime, read_prior, restore_token_count, whole_run
 from llm_finetuning.runs.rundir import (
     RunDir,
     create_run_dir,
@@ -109,14 +110,20 @@ def _train(
         return TrainResult(run, "interrupted")
 
     task_eval = TaskEvalCallback(config, run, tokenizer)  # eval.tasks during training, tasks + golden set after
-    callbacks = [MetricsLogger(run.metrics), ProgressFile(run.progress), stop, task_eval, *extra_callbacks]
+    prior = read_prior(checkpoint) if checkpoint else None
+    elapsed = ElapsedTime((prior.seconds or 0.0) if prior else 0.0)
+    callbacks = [MetricsLogger(run.metrics), ProgressFile(run.progress), stop, task_eval, elapsed, *extra_callbacks]
     model.config.use_cache = False  # a KV cache is useless in training and hides packed-sequence boundaries
     with _tensorboard_dir(run.logs / "tensorboard"):  # read when the trainer builds its callbacks
         trainer = method.build_trainer(config, run, model, tokenizer, data, callbacks)
         use_logged_progress(trainer)
+        if prior is not None:
+            restore_token_count(trainer, prior)
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model.config.use_cache = True
     metrics: dict[str, Any] = dict(output.metrics)
+    if prior is not None:
+        metrics = whole_run(metrics, prior, trainer.state.global_step)
     if stop.requested:
         logger.warning("Training stopped by a signal; the last checkpoint is in %s", run.checkpoints)
         return TrainResult(run, "interrupted", metrics)

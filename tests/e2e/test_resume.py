@@ -149,6 +149,9 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_losses(
     assert (interrupted / "checkpoints" / f"checkpoint-{resumed_from}" / "trainer_state.json").is_file()
     at_checkpoint = weights(interrupted / "checkpoints" / f"checkpoint-{resumed_from}")
     before_kill = loss_records(interrupted)
+    # The training seconds before the kill, kept in the checkpoint (it may be rotated away after the resume).
+    elapsed = interrupted / "checkpoints" / f"checkpoint-{resumed_from}" / "llmft_elapsed.json"
+    before = json.loads(elapsed.read_text())["train_seconds"]
     assert [r["step"] for r in before_kill] == list(range(1, killed_at + 1))
 
     # Continue it from its last checkpoint.
@@ -179,15 +182,20 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_losses(
         assert math.isclose(have["loss"], want["loss"], rel_tol=0, abs_tol=TOLERANCE), (step, want, have)
         assert math.isclose(have["grad_norm"], want["grad_norm"], rel_tol=0, abs_tol=TOLERANCE), (step, want, have)
         assert math.isclose(have["learning_rate"], want["learning_rate"], rel_tol=1e-12, abs_tol=0), (step,)
-    # The final loss: the loss logged at the last step. (final_metrics.train_loss is not comparable: the
-    # trainer averages it over the steps run by *this* `train()` call, so a resumed run reports the mean of
-    # steps resumed_from+1..MAX_STEPS, the reference the mean of all steps; both are checked as such.)
+    # The final loss: the loss logged at the last step.
     assert math.isclose(got[MAX_STEPS]["loss"], expected[MAX_STEPS]["loss"], rel_tol=0, abs_tol=TOLERANCE)
-    reference_loss = json.loads((reference / "manifest.json").read_text())["final_metrics"]["train_loss"]
-    resumed_loss = manifest["final_metrics"]["train_loss"]
-    assert math.isclose(reference_loss, sum(r["loss"] for r in expected.values()) / MAX_STEPS, abs_tol=TOLERANCE)
+    # Whole-run figures: train_loss is the mean over all steps (the trainer's own covers the resumed session
+    # only, kept as session_train_loss), train_runtime adds the seconds before the kill, num_tokens goes on.
+    final = manifest["final_metrics"]
+    reference_final = json.loads((reference / "manifest.json").read_text())["final_metrics"]
+    assert math.isclose(reference_final["train_loss"], sum(r["loss"] for r in expected.values()) / MAX_STEPS,
+                        abs_tol=TOLERANCE)  # fmt: skip
+    assert math.isclose(final["train_loss"], reference_final["train_loss"], abs_tol=TOLERANCE)
     resumed_steps = [got[s]["loss"] for s in range(resumed_from + 1, MAX_STEPS + 1)]
-    assert math.isclose(resumed_loss, sum(resumed_steps) / len(resumed_steps), abs_tol=TOLERANCE)
+    assert math.isclose(final["session_train_loss"], sum(resumed_steps) / len(resumed_steps), abs_tol=TOLERANCE)
+    assert final["resumed_from_step"] == resumed_from
+    assert before > 0 and math.isclose(final["train_runtime"], before + final["session_train_runtime"], abs_tol=1e-3)
+    assert got[MAX_STEPS]["num_tokens"] == expected[MAX_STEPS]["num_tokens"]
 
     # The final weights, tensor for tensor.
     want_weights, have_weights = weights(reference / "final"), weights(interrupted / "final")
