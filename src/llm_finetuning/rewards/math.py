@@ -27,6 +27,7 @@ from llm_finetuning.rewards.extract import (
     tag_counts,
     well_formed_blocks,
 )
+from llm_finetuning.rewards.verify import math_equivalent
 
 CORRECT, WITHIN_10, WITHIN_20, WRONG, NO_ANSWER, UNPARSABLE = 3.0, 0.5, 0.25, -1.0, 0.0, -0.5
 BOUNDARY_SLACK = 1e-9
@@ -87,19 +88,25 @@ def grade_answer(prediction: str | None, reference: str) -> float:
     # Strict: the last number of `\frac{\pi}{2}` or `2x + 1` is not the reference's value.
     gold = parse_number(gold_text, strict=True)
     if gold is None:
-        # A non-numeric reference: only the same expression counts.
-        return CORRECT if normalize_math(prediction) == normalize_math(gold_text) else WRONG
+        # A non-numeric reference: only the same expression counts (written alike, or equal as mathematics).
+        return CORRECT if same_math_answer(prediction, gold_text) else WRONG
     value = parse_number(prediction)
-    return UNPARSABLE if value is None else grade_number(value, gold)
+    if value is None:  # no plain number: `\frac{72}{2}` or `6 \cdot 12` may still be the reference's value
+        return CORRECT if math_equivalent(prediction, gold_text) else UNPARSABLE
+    return grade_number(value, gold)
 
 
 def same_math_answer(prediction: str, reference: str) -> bool:
-    """Numerically equal when both are plain numbers (`parse_number(strict=True)`), else equal as strings
-    after `normalize_math` (so `0.5` = `\\frac{1}{2}` = `\\dfrac12`, `\\left(1,2\\right)` = `(1, 2)`)."""
+    """Numerically equal when both are plain numbers (`parse_number(strict=True)`); else equal as strings after
+    `normalize_math` (so `0.5` = `\\frac{1}{2}` = `\\dfrac12`, `\\left(1,2\\right)` = `(1, 2)`), or else the
+    same mathematical object for math-verify (`2\\sqrt3` = `2\\sqrt{3}`, `\\{1,2\\}` = `\\{2,1\\}`,
+    `\\text{(C)}` = `C`), with a time limit; where math-verify cannot tell, the string rules decide."""
     left, right = parse_number(prediction, strict=True), parse_number(reference, strict=True)
     if left is not None and right is not None:
         return numbers_equal(left, right)
-    return normalize_math(prediction) == normalize_math(reference)
+    if normalize_math(prediction) == normalize_math(reference):
+        return True
+    return math_equivalent(prediction, reference) is True
 
 
 def _best(scores: list[float]) -> float:
@@ -132,8 +139,9 @@ def boxed_correctness(completions: list[Any], **columns: Any) -> list[float]:
     last `\\boxed{}` when it has one; a list is any-of).
 
     Values: 3.0 the same answer (`same_math_answer`: numerically equal when both are plain numbers, else equal
-    strings after stripping spaces, `$`, `\\left`/`\\right`, `\\!`, `dfrac` -> `frac` and a trailing `.`);
-    -1.0 a different boxed answer; 0.0 no box (or an empty/unclosed one, or no reference).
+    strings after stripping spaces, `$`, `\\left`/`\\right`, `\\!`, `dfrac` -> `frac` and a trailing `.`, else
+    equal as mathematics for math-verify, within its time limit); -1.0 a different boxed answer; 0.0 no box (or
+    an empty/unclosed one, or no reference).
     """
     references = batch_references(columns, ("answer",), "boxed_correctness", len(completions))
     scores = []
@@ -212,8 +220,8 @@ SPECS: list[RewardSpec] = [
     ),
     RewardSpec(
         "boxed_correctness",
-        "Last \\boxed{} against `answer` (numeric when both are numbers, else normalised LaTeX string): "
-        "3.0 same, -1.0 different, 0.0 no box.",
+        "Last \\boxed{} against `answer` (numeric when both are numbers, else the same normalised LaTeX or the "
+        "same mathematical object for math-verify): 3.0 same, -1.0 different, 0.0 no box.",
         kind="correctness",
         fn=boxed_correctness,
         references=("answer",),
