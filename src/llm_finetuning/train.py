@@ -110,7 +110,7 @@ def _train(
         return TrainResult(run, "interrupted")
 
     task_eval = TaskEvalCallback(config, run, tokenizer)  # eval.tasks during training, tasks + golden set after
-    prior = read_prior(checkpoint) if checkpoint else None
+    prior = read_prior(checkpoint) if checkpoint and (Path(checkpoint) / "trainer_state.json").is_file() else None
     elapsed = ElapsedTime((prior.seconds or 0.0) if prior else 0.0)
     callbacks = [MetricsLogger(run.metrics), ProgressFile(run.progress), stop, task_eval, elapsed, *extra_callbacks]
     model.config.use_cache = False  # a KV cache is useless in training and hides packed-sequence boundaries
@@ -122,8 +122,9 @@ def _train(
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model.config.use_cache = True
     metrics: dict[str, Any] = dict(output.metrics)
-    if prior is not None:
-        metrics = whole_run(metrics, prior, trainer.state.global_step)
+    global_step = getattr(getattr(trainer, "state", None), "global_step", None)
+    if prior is not None and isinstance(global_step, int):  # PPO's own loop keeps its totals itself
+        metrics = whole_run(metrics, prior, global_step)
     if stop.requested:
         logger.warning("Training stopped by a signal; the last checkpoint is in %s", run.checkpoints)
         return TrainResult(run, "interrupted", metrics)

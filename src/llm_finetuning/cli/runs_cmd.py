@@ -55,7 +55,7 @@ def runs(
             }
         )
     if as_json:
-        console.print_json(json.dumps(listing))
+        typer.echo(json.dumps(listing, indent=2))  # plain: rich would wrap long paths at the terminal width
         return
     if not listing:
         console.print(f"no runs under {escape(folder)}")
