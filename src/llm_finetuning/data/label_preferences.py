@@ -79,17 +79,12 @@ class LabelStats:
 
 
 def _messages(value: Any, line: int, path: Path) -> list[dict[str, str]]:
-    if isinstance(value, str) and value.strip():
-        return [{"role": "user", "content": value}]
-    if (
-        isinstance(value, list)
-        and value
-        and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-        )
-    ):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise DataError(f"{path}:{line}: field `prompt` must be text or a list of {{role, content}} messages")
+    from llm_finetuning.synth.common import as_messages
+
+    messages = as_messages(value)
+    if messages is None:
+        raise DataError(f"{path}:{line}: field `prompt` must be text or a list of {{role, content}} messages")
+    return messages
 
 
 def read_candidates(path: str | Path) -> list[Candidates]:

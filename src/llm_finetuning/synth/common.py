@@ -36,7 +36,8 @@ class PromptRow:
         return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
 
 
-def _as_messages(value: Any) -> Messages | None:
+def as_messages(value: Any) -> Messages | None:
+    """Text (one user turn) or a list of {role, content} messages as messages; None when it is neither."""
     if isinstance(value, str) and value.strip():
         return [{"role": "user", "content": value}]
     if (
@@ -54,9 +55,9 @@ def prompt_of(data: dict[str, Any]) -> Messages | None:
     """The conversation to answer in a row: `prompt` (text or messages), `messages` (up to its last user turn),
     `instruction` (+ `input`, Alpaca) or `question`."""
     if "prompt" in data:
-        return _as_messages(data["prompt"])
+        return as_messages(data["prompt"])
     if "messages" in data:
-        messages = _as_messages(data["messages"])
+        messages = as_messages(data["messages"])
         if messages is None:
             return None
         last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
@@ -66,7 +67,7 @@ def prompt_of(data: dict[str, Any]) -> Messages | None:
         text = data["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
         return [{"role": "user", "content": text}]
     if "question" in data:
-        return _as_messages(data["question"])
+        return as_messages(data["question"])
     return None
 
 
