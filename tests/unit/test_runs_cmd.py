@@ -43,7 +43,7 @@ def test_killed_run_is_interrupted_with_its_resume_command(tmp_path):
     lost = make_run(tmp_path, "lost", "running", pid=dead_pid())  # killed before its first checkpoint
     result = CliRunner().invoke(app, ["runs", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
-    listing = {item["run"].rsplit("/", 1)[-1]: item for item in json.loads(result.output)}
+    listing = {item["run"].rsplit("/", 1)[-1]: item for item in json.loads(result.stdout)}
     assert {name: item["status"] for name, item in listing.items()} == {
         "killed": "interrupted", "live": "running", "done1": "completed", "lost": "interrupted",
     }  # fmt: skip
