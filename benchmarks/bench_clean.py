@@ -25,7 +25,7 @@ from llm_finetuning.data.clean import CleanConfig, clean_records, default_text_o
 from llm_finetuning.data.clean.config import ALL_PII_TYPES, NearDedupConfig  # noqa: E402
 from llm_finetuning.data.clean.decontaminate import EvalIndex, contaminated  # noqa: E402
 from llm_finetuning.data.clean.exact import exact_duplicates  # noqa: E402
-from llm_finetuning.data.clean.minhash import lsh_params, near_duplicates  # noqa: E402
+from llm_finetuning.data.clean.minhash import band_shape, near_duplicates  # noqa: E402
 from llm_finetuning.data.clean.pii import redact_value  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,14 +73,16 @@ def main(argv: list[str] | None = None) -> None:
     records, evals = load(args.data)
     texts = [default_text_of(record) for record in records]
     megabytes = sum(len(text.encode("utf-8")) for text in texts) / 1e6
-    near = NearDedupConfig()
-    bands, rows = lsh_params(near.threshold, near.num_perm)
     everything = CleanConfig()
-    cases: list[tuple[str, Callable[[], object]]] = [
-        (
-            f"near-dedup: MinHash word {near.ngram}-grams, {near.num_perm} perm, LSH {bands}x{rows}",
-            lambda: near_duplicates(texts, near),
-        ),
+    cases: list[tuple[str, Callable[[], object]]] = []
+    for backend in ("rensa", "numpy"):
+        near = NearDedupConfig(backend=backend)
+        bands, rows = band_shape(near)
+        cases.append((
+            f"near-dedup ({backend}): MinHash word {near.ngram}-grams, {near.num_perm} perm, LSH {bands}x{rows}",
+            lambda near=near: near_duplicates(texts, near),
+        ))  # fmt: skip
+    cases += [
         ("exact dedup (NFKC, casefold, whitespace)", lambda: exact_duplicates(texts)),
         ("PII redaction, all 6 types, every field", lambda: [redact_value(r, ALL_PII_TYPES) for r in records]),
         (

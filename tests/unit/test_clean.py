@@ -11,11 +11,12 @@ from pydantic import ValidationError
 
 from llm_finetuning.data.clean import CleanConfig, clean_records, default_text_of, redact
 from llm_finetuning.data.clean.config import NearDedupConfig, QualityConfig
-from llm_finetuning.data.clean.minhash import MinHasher, lsh_params
+from llm_finetuning.data.clean.hashing import word_bytes, word_hashes
+from llm_finetuning.data.clean.minhash import MinHasher, batches, lsh_params
 from llm_finetuning.data.clean.pii import iban_valid, luhn_valid
 from llm_finetuning.data.clean.quality import quality_problem
 from llm_finetuning.data.clean.text import normalize, words
-from llm_finetuning.errors import DataError
+from llm_finetuning.errors import ConfigError, DataError
 from tests.conftest import shared
 
 pytestmark = pytest.mark.unit
@@ -130,6 +131,10 @@ def true_jaccard(a: str, b: str, n: int) -> float:
     return len(first & second) / len(first | second)
 
 
+BACKENDS = pytest.mark.parametrize("backend", ["rensa", "numpy"])
+
+
+@BACKENDS
 @pytest.mark.parametrize(
     ("first", "second", "expected"),
     [
@@ -139,8 +144,8 @@ def true_jaccard(a: str, b: str, n: int) -> float:
         (range(0, 100), range(0, 100), 1.0),
     ],
 )
-def test_minhash_estimate_is_close_to_true_jaccard_of_word_sets(first, second, expected):
-    hasher = MinHasher(NearDedupConfig(ngram=1, num_perm=128))
+def test_minhash_estimate_is_close_to_true_jaccard_of_word_sets(first, second, expected, backend):
+    hasher = MinHasher(NearDedupConfig(ngram=1, num_perm=128, backend=backend))
     a, b = (" ".join(f"w{i}" for i in ids) for ids in (first, second))
     assert true_jaccard(a, b, 1) == pytest.approx(expected)
     signatures, valid = hasher.signatures([a, b])
@@ -148,8 +153,9 @@ def test_minhash_estimate_is_close_to_true_jaccard_of_word_sets(first, second, e
     assert abs((signatures[0] == signatures[1]).mean() - expected) < 0.1
 
 
-def test_minhash_estimate_of_five_gram_shingles_on_edited_text():
-    hasher = MinHasher(NearDedupConfig())
+@BACKENDS
+def test_minhash_estimate_of_five_gram_shingles_on_edited_text(backend):
+    hasher = MinHasher(NearDedupConfig(backend=backend))
     rng = random.Random(0)
     for seed in range(5):
         tokens = essay(seed, 80).split()
@@ -160,9 +166,10 @@ def test_minhash_estimate_of_five_gram_shingles_on_edited_text():
         assert abs((signatures[0] == signatures[1]).mean() - true_jaccard(a, b, 5)) < 0.1
 
 
-def test_signature_does_not_depend_on_batch_and_char_shingles_work():
+@BACKENDS
+def test_signature_does_not_depend_on_batch_and_char_shingles_work(backend):
     for shingle in ("word", "char"):
-        hasher = MinHasher(NearDedupConfig(shingle=shingle))
+        hasher = MinHasher(NearDedupConfig(shingle=shingle, backend=backend))
         alone, _ = hasher.signatures(["hello there general kenobi"])
         batch, valid = hasher.signatures(["", "x", "hello there general kenobi"])
         assert (batch[2] == alone[0]).all()
@@ -174,6 +181,46 @@ def test_lsh_params_fit_num_perm_and_put_the_s_curve_near_the_threshold():
         bands, rows = lsh_params(threshold, 128)
         assert bands * rows <= 128
         assert abs((1 / bands) ** (1 / rows) - threshold) < 0.1
+        bands, rows = lsh_params(threshold, 128, exact=True)  # rensa's bands split the whole signature
+        assert bands * rows == 128 and abs((1 / bands) ** (1 / rows) - threshold) < 0.15
+    assert lsh_params(0.8, 128, exact=True) == (16, 8)
+
+
+def test_word_hashes_follow_the_words_and_nothing_else():
+    texts = ["The cat, the CAT!", "the cat the cat", "Ｔｈｅ café – the cat", "", "...", "naïve_x 42"]
+    hashes, offsets = word_hashes(texts)
+    per_text = [hashes[offsets[i] : offsets[i + 1]].tolist() for i in range(len(texts))]
+    assert [len(h) for h in per_text] == [len(words(t)) for t in texts] == [4, 4, 4, 0, 0, 2]
+    assert per_text[0] == per_text[1]  # case and punctuation are not part of a word
+    the, cat = per_text[1][0], per_text[1][1]
+    assert per_text[2][0] == the and per_text[2][2:] == [the, cat]  # full-width folds; ASCII or not, same hash
+    assert per_text[2][1] not in (the, cat) and the != cat and 0 not in hashes
+    alone, _ = word_hashes(["café"])
+    assert alone.tolist() == [per_text[2][1]]  # a word's hash does not depend on its neighbours
+
+
+def test_word_bytes_are_the_words_of_any_text():
+    rng = random.Random(7)
+    alphabet = "aZ9_ \t\n.,;!?-'\"()[]é߀ßÅİǅ°’–—…·ＡＢ１٣日本語한글\u0301\u200b\u00a0ﬁ½²ⅷ🙂\U0001d400"
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40)))
+        assert word_bytes(text).split() == [word.encode() for word in words(text)], text
+
+
+def test_word_hashes_count_the_words_of_real_text():
+    texts = [default_text_of(record) for record in real_records()[:3000]]
+    _, offsets = word_hashes(texts)
+    assert np.diff(offsets).tolist() == [len(words(text)) for text in texts]
+
+
+def test_a_missing_rensa_is_a_config_error_naming_the_fallback(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "rensa", None)
+    with pytest.raises(ConfigError, match="near_dedup.backend: numpy"):
+        clean_records([{"text": essay(1)}, {"text": essay(2)}], config(pii={"enabled": False}))
+    kept = clean_records([{"text": essay(1)}], config(pii={"enabled": False}, near_dedup={"backend": "numpy"}))
+    assert kept.indices == [0]
 
 
 # --- quality -------------------------------------------------------------------------------------------------------
@@ -391,7 +438,8 @@ def real_records() -> list[dict]:
     return records + json.loads(alpaca.read_text())
 
 
-def test_near_dedup_finds_lightly_edited_copies_in_real_data():
+@BACKENDS
+def test_near_dedup_finds_lightly_edited_copies_in_real_data(backend):
     records = real_records()
     rng = random.Random(0)
     long = [i for i, r in enumerate(records) if len(default_text_of(r).split()) >= 150]
@@ -405,7 +453,7 @@ def test_near_dedup_finds_lightly_edited_copies_in_real_data():
         record[field] = " ".join(tokens)
         record.pop("_where", None)
         copies.append(record)
-    result = clean_records(records + copies, config(pii={"enabled": False}))
+    result = clean_records(records + copies, config(pii={"enabled": False}, near_dedup={"backend": backend}))
     found = {e.index: e.details["duplicate_of"] for e in result.report.removed if e.step == "near_dedup"}
     assert found == {len(records) + k: i for k, i in enumerate(sources)}
     assert not [e for e in result.report.removed if e.step == "exact_dedup"]
@@ -427,9 +475,13 @@ def test_pii_on_real_data_redacts_planted_values_and_leaves_numbers_alone():
     assert all(" for details." in r["question"] and "Contact <" in r["question"] for r in result.records)
 
 
-def test_signatures_fill_in_batches_like_one_pass():
+@BACKENDS
+def test_signatures_fill_in_batches_like_one_pass(backend, monkeypatch):
+    monkeypatch.setattr("llm_finetuning.data.clean.minhash._BATCH_TEXTS", 64)  # shingles of several batches
+    monkeypatch.setattr("llm_finetuning.data.clean.minhash._BATCH_CHARS", 50_000)
+    assert len(batches([essay(i, 300) for i in range(150)])) > 3
     texts = [essay(i, 300) for i in range(150)]  # 44k shingles: more than one numpy batch
-    hasher = MinHasher(NearDedupConfig())
+    hasher = MinHasher(NearDedupConfig(backend=backend))
     together, _ = hasher.signatures(texts)
     single = np.stack([hasher.signatures([t])[0][0] for t in texts[:3] + texts[-3:]])
     assert (together[[0, 1, 2, 147, 148, 149]] == single).all()

@@ -37,6 +37,10 @@ class NearDedupConfig(Section):
     """Number of MinHash permutations (signature length). More is more precise and slower."""
     seed: int = 42
     """Seed of the permutations, so that a run is reproducible."""
+    backend: Literal["rensa", "numpy"] = "rensa"
+    """What computes the signatures and the LSH candidates: `rensa` (Rust, several times faster) or `numpy`
+    (pure numpy, for platforms without a rensa wheel). Candidates are verified the same way by both; the
+    signatures differ, so a pair near the threshold can be decided differently."""
 
 
 class QualityConfig(Section):

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llm_finetuning.data.clean.hashing import NgramHasher, TokenHasher
-from llm_finetuning.data.clean.text import words
+from llm_finetuning.data.clean.hashing import NgramHasher, word_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +30,10 @@ class EvalIndex:
 
     def __init__(self, eval_texts: Sequence[str], n: int) -> None:
         self.n = n
-        self._tokens = TokenHasher()
         self._ngrams = NgramHasher(n)
-        sequences = [self._tokens.ids(words(text)) for text in eval_texts]
-        self.too_short = sum(0 < len(seq) < n for seq in sequences) + sum(not seq for seq in sequences)
-        sequences = [seq if len(seq) >= n else [] for seq in sequences]
-        hashes, offsets = self._ngrams.hashes(sequences)
-        items = np.repeat(np.arange(len(sequences), dtype=np.int64), np.diff(offsets))
+        hashes, offsets = self.hashes(eval_texts)
+        self.too_short = int((np.diff(offsets) == 0).sum())
+        items = np.repeat(np.arange(len(eval_texts), dtype=np.int64), np.diff(offsets))
         pairs = np.unique(np.stack([hashes, items.astype(np.uint64)], axis=1), axis=0)
         self._hashes = pairs[:, 0].copy()
         self._items = pairs[:, 1].astype(np.int64)
@@ -45,8 +41,13 @@ class EvalIndex:
 
     def hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, offsets) of the training texts' n-grams (texts shorter than n words have none)."""
-        sequences = [self._tokens.ids(words(text)) for text in texts]
-        return self._ngrams.hashes([seq if len(seq) >= self.n else [] for seq in sequences])
+        tokens, offsets = word_hashes(texts)
+        lengths = np.diff(offsets)
+        keep = np.repeat(lengths >= self.n, lengths)
+        kept = np.where(lengths >= self.n, lengths, 0)
+        short_free = np.zeros_like(offsets)
+        np.cumsum(kept, out=short_free[1:])
+        return self._ngrams.of_flat(tokens[keep], short_free)
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         """Whether each hash is an n-gram of some eval text."""

@@ -12,7 +12,7 @@ from typing import Any
 from llm_finetuning.data.clean.config import CleanConfig
 from llm_finetuning.data.clean.decontaminate import EvalIndex, contaminated
 from llm_finetuning.data.clean.exact import exact_duplicates
-from llm_finetuning.data.clean.minhash import lsh_params, near_duplicates
+from llm_finetuning.data.clean.minhash import band_shape, near_duplicates
 from llm_finetuning.data.clean.pii import redact_value
 from llm_finetuning.data.clean.quality import quality_problem
 from llm_finetuning.data.clean.report import CleanReport, Event, StepStats
@@ -122,8 +122,8 @@ def _near(run: _Run) -> None:
             of = alive[found.of]
             reason = f"near-duplicate of #{of} (jaccard~{found.similarity:.2f})"
             removals[alive[found.index]] = (reason, {"duplicate_of": of, "similarity": round(found.similarity, 4)})
-        bands, rows = lsh_params(settings.threshold, settings.num_perm)
-        note = f"{bands} bands x {rows} rows"
+        bands, rows = band_shape(settings)
+        note = f"{settings.backend}: {bands} bands x {rows} rows"
     run.step("near_dedup", removals, started, note)
 
 
