@@ -19,7 +19,7 @@ $(BIN)/python:
 # torch first, on its own: the pinned build, never a second one pulled in by a dependency.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tensorboard,quantization,eval-harness,ui,ray,privacy]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tensorboard,quantization,eval-harness,ui,ray,privacy,pipelines]"
 	touch $(STAMP)
 
 # llama.cpp for the GGUF read-back tests: compiled here (a few minutes, once; pip keeps the wheel). A machine

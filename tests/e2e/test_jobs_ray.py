@@ -4,6 +4,7 @@ then served; a cancel stops the Ray job."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -38,11 +39,15 @@ def ray_cluster(tmp_path_factory):
         pytest.skip("the ray command is not installed")
     temp = Path("/tmp") / f"llmft-ray-{free_port()}"  # Ray's socket paths must stay short
     dashboard, gcs = free_port(), free_port()
+    # A home and environment of its own: a ~/.ray/auth_token or RAY_* variables left by an earlier ray.init()
+    # would turn on token authentication for this cluster, which the job client here would then not pass.
+    home = tmp_path_factory.mktemp("ray-home")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")} | {"HOME": str(home)}
     started = subprocess.run(
         [str(ray), "start", "--head", "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "true",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--port", str(gcs),
          "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--temp-dir", str(temp)],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True, text=True, timeout=180, env=env,
     )  # fmt: skip
     if started.returncode != 0:
         pytest.fail(f"ray start failed: {started.stderr[-2000:]}")

@@ -128,45 +128,70 @@ def datasets() -> None:
 @app.command("clean")
 @user_errors
 def clean(
-    source_path: str = typer.Argument(..., help="Input file (any supported format and file type)."),
-    output: str = typer.Argument(..., help="Cleaned output file (.jsonl, .json, .csv, .parquet)."),
-    config: str = typer.Option(None, "--config", help="YAML file with the cleaning options (a `clean:` mapping)."),
+    source_path: str = typer.Argument(..., help="Input file (any supported format), or a folder of shards."),
+    output: str = typer.Argument(..., help="Cleaned file (.jsonl, .json, .csv, .parquet), or a folder for shards."),
+    config: str = typer.Option(
+        None, "--config", help="YAML file: the cleaning options (a `clean:` mapping) and, for shards, `executor:`."
+    ),
     against: list[str] = typer.Option(None, "--against", help="Eval file to decontaminate against (repeatable)."),
     report: str = typer.Option(None, "--report", help="Where to write the JSON report (default: OUTPUT.report.json)."),
+    executor: str = typer.Option(None, "--executor", help="Shards: local, slurm or ray (default: local)."),
+    tasks: int = typer.Option(None, "--tasks", min=1, help="Shards: parallel tasks (default: one per shard)."),
+    workers: int = typer.Option(None, "--workers", min=1, help="Shards, local: tasks at once (default 1)."),
 ) -> None:
-    """Deduplicate, filter, redact PII and decontaminate a data file; every removal and change is reported."""
+    """Deduplicate, filter, redact PII and decontaminate a data file, or a folder of shards as a datatrove
+    pipeline (same result as the shards concatenated); every removal and change is reported."""
     from pathlib import Path
 
     import yaml
 
     from llm_finetuning.data.clean import CleanConfig, clean_records, default_text_of
+    from llm_finetuning.data.clean.config import ShardedRunConfig
     from llm_finetuning.data.convert import write_rows
     from llm_finetuning.data.reading import Row, read_rows
     from llm_finetuning.errors import ConfigError, DataError
 
     options: dict = {}
+    run_options: dict = {}
     if config:
         loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
         options = loaded.get("clean", loaded) if isinstance(loaded, dict) else {}
+        run_options = dict(loaded.get("executor") or {}) if isinstance(loaded, dict) and "clean" in loaded else {}
+    for key, value in (("executor", executor), ("tasks", tasks), ("workers", workers)):
+        if value is not None:
+            run_options[key] = value
     try:
         clean_config = CleanConfig.model_validate(options)
+        run_config = ShardedRunConfig.model_validate(run_options)
     except ValueError as exc:  # pydantic's ValidationError: name the file and the keys
-        raise ConfigError(f"{config}: invalid cleaning options:\n{exc}") from None
-    rows = []
-    for item in read_rows(source_path):
-        if isinstance(item, DataError):
-            raise item
-        rows.append({**item.data, "_where": item.where})
+        raise ConfigError(f"{config or 'command line'}: invalid cleaning options:\n{exc}") from None
     eval_texts = {}
     for path in against or []:
         for item in read_rows(path):
             if isinstance(item, Row):
                 eval_texts[item.where] = default_text_of(item.data)
+    if Path(source_path).is_dir():
+        from llm_finetuning.data.clean.sharded import clean_shards
+
+        result = clean_shards(Path(source_path), Path(output), clean_config, run_config, eval_texts or None)
+        if result is None:
+            console.print(f"submitted to Slurm; the report will be {Path(output) / 'clean_report.json'}")
+            return
+        console.print(result.summary(), highlight=False, markup=False)
+        console.print(f"wrote {result.output_count} of {result.input_count} rows to {output}/", soft_wrap=True)
+        return
+    if run_options:
+        raise ConfigError(f"{source_path}: executor options apply to a folder of shards, not to one file")
+    rows = []
+    for item in read_rows(source_path):
+        if isinstance(item, DataError):
+            raise item
+        rows.append({**item.data, "_where": item.where})
     result = clean_records(rows, clean_config, eval_texts=eval_texts or None)
     write_rows([{k: v for k, v in r.items() if k != "_where"} for r in result.records], Path(output))
     report_path = Path(report or f"{output}.report.json")
     result.report.write(report_path)
-    console.print(result.report.summary(), highlight=False)
+    console.print(result.report.summary(), highlight=False, markup=False)
     console.print(f"wrote {len(result.records)} of {len(rows)} rows to {output}; report: {report_path}", soft_wrap=True)
 
 

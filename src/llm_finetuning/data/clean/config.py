@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -121,3 +121,27 @@ class CleanConfig(Section):
     where_key: str = "_where"
     """Record key holding where the record came from (e.g. `data.jsonl:12`); it is copied into the report and
     never redacted or read as text."""
+
+
+class ShardedRunConfig(Section):
+    """How `llmft data clean` runs over a folder of shards: a datatrove pipeline whose per-shard stages run as
+    parallel tasks, with one small task deciding the duplicates over the whole corpus. The output equals a
+    cleaning of all shards concatenated in name order, in one process."""
+
+    executor: Literal["local", "slurm", "ray"] = "local"
+    """Where the tasks run: local processes, Slurm array jobs (`slurm` options) or Ray tasks (`ray` options)."""
+    tasks: int | None = Field(None, ge=1)
+    """Tasks of each per-shard stage (each takes every tasks-th shard); default: one per shard."""
+    workers: int = Field(1, ge=1)
+    """Local executor: tasks run at once, each in its own process."""
+    output_format: Literal["jsonl", "parquet"] = "jsonl"
+    """Format of the cleaned shards; each keeps its input's name and folder."""
+    work_dir: str | None = None
+    """Where the stages keep signatures, decisions and logs (default: OUTPUT/.llmft-clean). Every task must see
+    it: a shared filesystem for Slurm and Ray. A rerun with the same inputs and options resumes there."""
+    slurm: dict[str, Any] = Field(default_factory=dict)
+    """Options of datatrove's SlurmPipelineExecutor, e.g. `{partition: cpu, time: "02:00:00", cpus_per_task: 2}`
+    (`partition` and `time` are required)."""
+    ray: dict[str, Any] = Field(default_factory=dict)
+    """Options of datatrove's RayPipelineExecutor, e.g. `{cpus_per_task: 1, mem_per_cpu_gb: 2}`, plus `address`
+    (`auto`, or `ray://host:10001`) of the cluster to join when Ray is not started yet (default: a local one)."""

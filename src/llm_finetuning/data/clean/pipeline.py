@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_finetuning.data.clean.config import CleanConfig
-from llm_finetuning.data.clean.decontaminate import EvalIndex, contaminated
+from llm_finetuning.data.clean.config import CleanConfig, NearDedupConfig, QualityConfig
+from llm_finetuning.data.clean.decontaminate import Contamination, EvalIndex, contaminated
 from llm_finetuning.data.clean.exact import exact_duplicates
-from llm_finetuning.data.clean.minhash import band_shape, near_duplicates
+from llm_finetuning.data.clean.minhash import NearDuplicate, band_shape, near_duplicates
 from llm_finetuning.data.clean.pii import redact_value
 from llm_finetuning.data.clean.quality import quality_problem
 from llm_finetuning.data.clean.report import CleanReport, Event, StepStats
@@ -33,27 +33,14 @@ class CleanResult:
     report: CleanReport
 
 
-class _Run:
-    def __init__(self, records: list[Mapping[str, Any]], config: CleanConfig, text_of: TextOf) -> None:
-        self.records = records
+class Ledger:
+    """The records still alive after each step and the report: every removal is an event, every step counted."""
+
+    def __init__(self, count: int, config: CleanConfig, where: Callable[[int], str | None]) -> None:
         self.config = config
-        self.texts = []
-        for index, record in enumerate(records):
-            text = text_of(record)
-            if not isinstance(text, str):
-                raise DataError(f"{self._name(index)}: `text_of` returned {type(text).__name__}, expected str")
-            self.texts.append(text)
-        self.alive = list(range(len(records)))
-        self.report = CleanReport(len(records), config=config.model_dump(mode="json"))
-
-    def _name(self, index: int) -> str:
-        where = self.where(index)
-        return f"record #{index}" + (f" ({where})" if where else "")
-
-    def where(self, index: int) -> str | None:
-        record = self.records[index]
-        value = record.get(self.config.where_key) if isinstance(record, Mapping) else None
-        return None if value is None else str(value)
+        self.where = where
+        self.alive = list(range(count))
+        self.report = CleanReport(count, config=config.model_dump(mode="json"))
 
     def step(
         self, name: str, removals: dict[int, tuple[str, dict[str, Any]]], started: float, note: str | None = None
@@ -66,6 +53,27 @@ class _Run:
         self.report.steps.append(StepStats(name, before, len(self.alive), seconds=time.perf_counter() - started))
         self.report.steps[-1].note = note
         logger.info("clean %s: %d -> %d records%s", name, before, len(self.alive), f" ({note})" if note else "")
+
+
+class _Run(Ledger):
+    def __init__(self, records: list[Mapping[str, Any]], config: CleanConfig, text_of: TextOf) -> None:
+        super().__init__(len(records), config, self._where)
+        self.records = records
+        self.texts = []
+        for index, record in enumerate(records):
+            text = text_of(record)
+            if not isinstance(text, str):
+                raise DataError(f"{self._name(index)}: `text_of` returned {type(text).__name__}, expected str")
+            self.texts.append(text)
+
+    def _name(self, index: int) -> str:
+        where = self.where(index)
+        return f"record #{index}" + (f" ({where})" if where else "")
+
+    def _where(self, index: int) -> str | None:
+        record = self.records[index]
+        value = record.get(self.config.where_key) if isinstance(record, Mapping) else None
+        return None if value is None else str(value)
 
     def alive_texts(self) -> list[str]:
         return [self.texts[index] for index in self.alive]
@@ -101,15 +109,13 @@ def _quality(run: _Run) -> None:
             problem = quality_problem(run.texts[index], settings)
             if problem:
                 removals[index] = (problem, {})
-    run.step("quality", removals, started, None if settings.active else "no filter set")
+    run.step("quality", removals, started, quality_note(settings))
 
 
 def _exact(run: _Run) -> None:
     started, removals = time.perf_counter(), {}
     if run.config.dedup.exact:
-        alive = run.alive
-        for position, first in exact_duplicates(run.alive_texts()).items():
-            removals[alive[position]] = (f"exact duplicate of #{alive[first]}", {"duplicate_of": alive[first]})
+        removals = exact_removals(run.alive, exact_duplicates(run.alive_texts()))
     run.step("exact_dedup", removals, started, None if run.config.dedup.exact else "disabled")
 
 
@@ -117,13 +123,8 @@ def _near(run: _Run) -> None:
     started, settings, removals = time.perf_counter(), run.config.near_dedup, {}
     note = "disabled"
     if settings.enabled:
-        alive = run.alive
-        for found in near_duplicates(run.alive_texts(), settings):
-            of = alive[found.of]
-            reason = f"near-duplicate of #{of} (jaccard~{found.similarity:.2f})"
-            removals[alive[found.index]] = (reason, {"duplicate_of": of, "similarity": round(found.similarity, 4)})
-        bands, rows = band_shape(settings)
-        note = f"{settings.backend}: {bands} bands x {rows} rows"
+        removals = near_removals(run.alive, near_duplicates(run.alive_texts(), settings))
+        note = near_note(settings)
     run.step("near_dedup", removals, started, note)
 
 
@@ -135,14 +136,9 @@ def _decontaminate(run: _Run, eval_texts: EvalTexts | None) -> None:
     names: list[Any] = list(eval_texts) if isinstance(eval_texts, Mapping) else list(range(len(eval_texts)))
     texts = list(eval_texts.values()) if isinstance(eval_texts, Mapping) else list(eval_texts)
     index = EvalIndex(texts, settings.ngram)
-    alive = run.alive
-    for found in contaminated(run.alive_texts(), index, settings.min_matches):
-        name = names[found.eval_index]
-        label = f"#{name}" if isinstance(name, int) else repr(name)
-        reason = f"shares {found.matches} {settings.ngram}-gram(s) with eval item {label}"
-        removals[alive[found.index]] = (reason, {"eval_item": name, "matches": found.matches})
-    note = f"{index.too_short} eval texts shorter than {settings.ngram} words" if index.too_short else None
-    run.step("decontaminate", removals, started, note)
+    found = contaminated(run.alive_texts(), index, settings.min_matches)
+    removals = contamination_removals(run.alive, found, names, settings.ngram)
+    run.step("decontaminate", removals, started, contamination_note(index, settings.ngram))
 
 
 def _pii(run: _Run) -> list[dict[str, Any]]:
@@ -156,12 +152,58 @@ def _pii(run: _Run) -> list[dict[str, Any]]:
             if counts:
                 changed += 1
                 records[position] = redacted
-                summary = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
-                event = Event(
-                    index, "pii", "changed", f"redacted {summary}", run.where(index), {"counts": dict(counts)}
-                )
-                run.report.events.append(event)
+                run.report.events.append(pii_event(index, counts, run.where(index)))
     note = None if settings.enabled else "disabled"
     run.step("pii", {}, started, note)
     run.report.steps[-1].changed = changed
     return [dict(record) for record in records]
+
+
+# --- the decisions as removals ({input index: (reason, details)}), shared with the sharded pipeline ----------
+
+
+def exact_removals(alive: Sequence[int], duplicates: Mapping[int, int]) -> dict[int, tuple[str, dict[str, Any]]]:
+    """`duplicates` maps positions in `alive` to the earlier position they repeat."""
+    return {
+        alive[position]: (f"exact duplicate of #{alive[first]}", {"duplicate_of": alive[first]})
+        for position, first in duplicates.items()
+    }
+
+
+def near_removals(alive: Sequence[int], found: Iterable[NearDuplicate]) -> dict[int, tuple[str, dict[str, Any]]]:
+    removals = {}
+    for item in found:
+        of = alive[item.of]
+        reason = f"near-duplicate of #{of} (jaccard~{item.similarity:.2f})"
+        removals[alive[item.index]] = (reason, {"duplicate_of": of, "similarity": round(item.similarity, 4)})
+    return removals
+
+
+def quality_note(settings: QualityConfig) -> str | None:
+    return None if settings.active else "no filter set"
+
+
+def near_note(settings: NearDedupConfig) -> str:
+    bands, rows = band_shape(settings)
+    return f"{settings.backend}: {bands} bands x {rows} rows"
+
+
+def contamination_removals(
+    alive: Sequence[int], found: Iterable[Contamination], names: Sequence[Any], ngram: int
+) -> dict[int, tuple[str, dict[str, Any]]]:
+    removals = {}
+    for item in found:
+        name = names[item.eval_index]
+        label = f"#{name}" if isinstance(name, int) else repr(name)
+        reason = f"shares {item.matches} {ngram}-gram(s) with eval item {label}"
+        removals[alive[item.index]] = (reason, {"eval_item": name, "matches": item.matches})
+    return removals
+
+
+def contamination_note(index: EvalIndex, ngram: int) -> str | None:
+    return f"{index.too_short} eval texts shorter than {ngram} words" if index.too_short else None
+
+
+def pii_event(index: int, counts: Mapping[str, int], where: str | None) -> Event:
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
+    return Event(index, "pii", "changed", f"redacted {summary}", where, {"counts": dict(counts)})
