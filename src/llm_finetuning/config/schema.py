@@ -240,6 +240,13 @@ class DataConfig(Section):
     on_error: Literal["fail", "skip"] = "fail"
     """What a malformed row does: `fail` stops before training with its file, line and field; `skip` drops
     it, counts it, and reports every dropped row in the run's manifest."""
+    streaming: bool = False
+    """`method: pretrain`: read the training documents one at a time while training (a source's `path` may be a
+    folder of shards), so memory stays flat however large the corpus is. Needs `training.max_steps` (a stream's
+    length is not known up front); `data.clean` and `eval_split` need the whole corpus and are refused (clean
+    the shards first with `llmft data clean FOLDER OUT`); `data.eval` is read into memory as usual."""
+    shuffle_buffer: int = Field(0, ge=0)
+    """With `streaming`: shuffle the blocks within a buffer of this many (0: the documents' order)."""
 
     @field_validator("train", "eval", "clean_against", mode="before")
     @classmethod
@@ -253,6 +260,12 @@ class DataConfig(Section):
             raise ValueError("`data.train` needs at least one source")
         if self.eval and self.eval_split is not None:
             raise conflict("data.eval", "data.eval_split", " (both define the evaluation data)")
+        if self.streaming and self.clean is not None:
+            raise conflict("data.streaming", "data.clean", " (cleaning needs the whole corpus; clean the shards first)")
+        if self.streaming and self.eval_split is not None:
+            raise conflict("data.streaming", "data.eval_split", " (a split needs the whole corpus; give data.eval)")
+        if self.shuffle_buffer and not self.streaming:
+            raise ValueError("`data.shuffle_buffer` applies to `data.streaming: true` only")
         return self
 
 
@@ -435,6 +448,16 @@ class Config(Section):
                 "`adapter.target_modules` includes `lm_head`, which GRPO cannot train through an adapter (TRL "
                 "computes log-probabilities from the head's base weight). Remove it, or add `lm_head` to "
                 "`adapter.modules_to_save`"
+            )
+        if self.data.streaming and self.method.name != "pretrain":
+            raise ValueError(
+                f"`data.streaming: true` streams raw documents for `method.name: pretrain`; `{self.method.name}` "
+                "reads its data into memory. Remove `data.streaming`"
+            )
+        if self.data.streaming and self.training.max_steps is None:
+            raise ValueError(
+                "`data.streaming: true` needs `training.max_steps`: the number of blocks in a stream is not known "
+                "before reading it, so epochs cannot be counted. Set training.max_steps"
             )
         check_privacy(self)
         heads = {source.head for source in [*self.data.train, *self.data.eval] if source.head is not None}

@@ -12,7 +12,8 @@ import hashlib
 import io
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -72,12 +73,26 @@ def _open_bytes(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The whole (decompressed) file. A truncated or corrupt `.gz` is a `DataError` naming the file: left alone,
-    gzip's EOFError reaches the command line, where click turns it into a bare "Aborted"."""
+def iter_rows(path: str | Path) -> Iterator[Row | DataError]:
+    """`read_rows` a row at a time: JSONL (optionally .gz) line by line and Parquet a record batch at a time, so
+    that a file of any size takes the memory of one row (JSON and CSV files are still read whole)."""
+    path = Path(path)
+    kind = _kind(path)
+    if kind == ".parquet":
+        yield from _iter_parquet(path)
+    elif kind == ".jsonl":
+        if not path.is_file():
+            raise DataError(f"Data file not found: {path}")
+        with _gzip_errors(path), _open_bytes(path) as raw:
+            yield from _read_jsonl(path, raw)
+    else:
+        yield from read_rows(path)
+
+
+@contextmanager
+def _gzip_errors(path: Path) -> Iterator[None]:
     try:
-        with _open_bytes(path) as raw:
-            return raw.read()
+        yield
     except EOFError:
         raise DataError(
             f"{path}: the compressed file is truncated (it ends before gzip's end-of-stream marker); copy or "
@@ -87,15 +102,37 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: the file is not valid gzip data ({exc}); it is corrupt or not gzip") from None
 
 
-def _decode_lines(path: Path, data: bytes) -> Iterator[tuple[int, str | DataError]]:
-    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+def _iter_parquet(path: Path) -> Iterator[Row | DataError]:
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise DataError(f"{path}: not a readable parquet file ({exc})") from None
+    index = 0
+    for batch in handle.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            index += 1
+            yield Row(row, f"{path}:row {index}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The whole (decompressed) file. A truncated or corrupt `.gz` is a `DataError` naming the file: left alone,
+    gzip's EOFError reaches the command line, where click turns it into a bare "Aborted"."""
+    with _gzip_errors(path), _open_bytes(path) as raw:
+        return raw.read()
+
+
+def _decode_lines(path: Path, data: bytes | Iterable[bytes]) -> Iterator[tuple[int, str | DataError]]:
+    lines = data.split(b"\n") if isinstance(data, bytes) else data
+    for line_no, raw in enumerate(lines, start=1):
         try:
             yield line_no, raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             yield line_no, DataError(f"{path}:{line_no}: not valid UTF-8 (byte {exc.start + 1} of the line)")
 
 
-def _read_jsonl(path: Path, data: bytes) -> Iterator[Row | DataError]:
+def _read_jsonl(path: Path, data: bytes | Iterable[bytes]) -> Iterator[Row | DataError]:
     for line_no, line in _decode_lines(path, data):
         if isinstance(line, DataError):
             yield line

@@ -38,6 +38,8 @@ def to_blocks(
 
 def prepare_text(config: DataConfig, tokenizer: PreTrainedTokenizerBase, add_eos: bool, seed: int) -> PreparedData:
     """Read raw documents, split off eval documents if asked, and cut both splits into blocks."""
+    if config.streaming:
+        return _streamed(config, tokenizer, add_eos, seed)
     stats = {"train": SplitStats()}
     prints: dict[str, str] = {}
     documents = []
@@ -73,3 +75,22 @@ def prepare_text(config: DataConfig, tokenizer: PreTrainedTokenizerBase, add_eos
             split.dropped_tail_tokens,
         )
     return PreparedData(train, evaluation, stats, prints, clean_report)
+
+
+def _streamed(config: DataConfig, tokenizer: PreTrainedTokenizerBase, add_eos: bool, seed: int) -> PreparedData:
+    """Training blocks made while training (`data.streaming`); the eval documents, if any, read as usual."""
+    from llm_finetuning.data.streaming import shards_fingerprint, streamed_dataset
+
+    stats = {"train": SplitStats()}
+    prints = {s.label: shards_fingerprint(s) if s.path else source_fingerprint(s) for s in config.train}
+    train = streamed_dataset(config, tokenizer, add_eos, seed)
+    evaluation = None
+    if config.eval:
+        stats["eval"] = SplitStats()
+        documents = []
+        for source in config.eval:
+            documents.extend(read_documents(source, config.on_error, stats["eval"]))
+            prints[source.label] = source_fingerprint(source)
+        evaluation = to_blocks(documents, tokenizer, config.max_length, add_eos, stats["eval"])
+    logger.info("train text: streamed from %d source(s) in blocks of %d tokens", len(config.train), config.max_length)
+    return PreparedData(train, evaluation, stats, prints, None)
