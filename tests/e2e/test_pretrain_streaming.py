@@ -136,3 +136,18 @@ def test_streaming_misuse_is_refused_with_the_reason(tmp_path, change, message):
         config[key] = {**config[key], **value}
     with pytest.raises(ValueError, match=re.escape(message)):
         Config.model_validate(config)
+
+
+def test_check_samples_a_folder_of_shards(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from llm_finetuning.cli.main import app
+
+    write_shards(tmp_path / "shards", gsm8k_documents(30))
+    config = streamed_config(tmp_path / "shards", tmp_path / "run")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True)))
+    result = CliRunner().invoke(app, ["check", str(tmp_path / "c.yaml")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "30 rows sampled, 0 malformed" in result.output and "0 errors" in result.output
+    assert "longer than the limit" not in result.output  # documents are cut into blocks, not truncated

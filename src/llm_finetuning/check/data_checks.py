@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -13,7 +14,7 @@ from llm_finetuning.check.report import CheckReport, SourceSample
 from llm_finetuning.config.schema import Config, DataSource
 from llm_finetuning.data.pipeline import SplitStats, load_records
 from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, RowError, encode
-from llm_finetuning.errors import UserError
+from llm_finetuning.errors import DataError, UserError
 
 # The record kind each method trains on.
 METHOD_KIND = {
@@ -88,6 +89,18 @@ def sample_sources(
 
 
 def _read(source: DataSource, kind: str, rows: int, sample: SourceSample) -> list[tuple[str, dict[str, Any]]]:
+    if source.path is not None and Path(source.path).is_dir():  # a folder of shards (`data.streaming`)
+        from itertools import islice
+
+        from llm_finetuning.data.streaming import documents
+
+        loaded: list[tuple[str, dict[str, Any]]] = []
+        try:
+            loaded = [(where, {"text": text}) for where, text in islice(documents(source), rows)]
+        except DataError as exc:
+            sample.bad_rows.append(str(exc))
+        sample.rows = len(loaded) + len(sample.bad_rows)
+        return loaded
     stats = SplitStats()
     limited = source.model_copy(update={"max_samples": min(rows, source.max_samples or rows)})
     loaded = load_records(limited, "skip", stats, kind)
@@ -124,7 +137,7 @@ def _measure(
     else:
         for record in records:
             sample.lengths.append(_record_length(tokenizer, record))
-    if sample.lengths:
+    if sample.lengths and config.method.name != "pretrain":  # pretraining cuts every document into blocks
         limit = report.max_length
         over = sum(length > limit for length in sample.lengths)
         if over:
