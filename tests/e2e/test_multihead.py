@@ -225,9 +225,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, write_jsonl):
     finals = []
     for name, interrupt in (("straight", False), ("resumed", True)):
         config = config_for(tmp_path / name, heads, [topic, count], [])
-        config = config.model_copy(
-            update={"training": config.training.model_copy(update={"max_steps": 12, "save_steps": 6})}
-        )
+        schedule = {"max_steps": 12, "save_steps": 6, "logging_steps": 3}  # logs line up with checkpoints
+        config = config.model_copy(update={"training": config.training.model_copy(update=schedule)})
         if interrupt:
             with pytest.raises(KeyboardInterrupt):
                 train(config, callbacks=[Interrupt()])
@@ -237,6 +236,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, write_jsonl):
         else:
             assert train(config).status == "completed"
         finals.append(Path(config.output_dir) / "final")
+    straight, resumed = (json.loads((f.parent / "manifest.json").read_text())["final_metrics"] for f in finals)
+    assert resumed["resumed_from_step"] == 6 and "resumed_from_step" not in straight
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-5)  # the whole run's loss
+    assert resumed["session_train_loss"] != pytest.approx(straight["train_loss"], abs=1e-5)  # not steps 7-12 alone
+    assert resumed["train_runtime"] > resumed["session_train_runtime"]
     for file in ("heads.safetensors", "model.safetensors"):
         a, b = load_file(finals[0] / file), load_file(finals[1] / file)
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), file

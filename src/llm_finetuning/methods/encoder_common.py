@@ -204,10 +204,15 @@ def trainer_arguments(config: Config, run: RunDir, has_eval: bool, arguments_cla
 def run_trainer(trainer: Trainer, checkpoint: Path | None, stop: Any) -> Outcome:
     """Train (from `checkpoint` if resuming), then the eval loss if there is eval data."""
     from llm_finetuning.runs.progress import use_logged_progress
+    from llm_finetuning.runs.resume_totals import ElapsedTime, read_prior, whole_run
 
     use_logged_progress(trainer)
+    prior = read_prior(checkpoint) if checkpoint and (Path(checkpoint) / "trainer_state.json").is_file() else None
+    trainer.add_callback(ElapsedTime((prior.seconds or 0.0) if prior else 0.0))
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics: dict[str, Any] = dict(output.metrics)
+    if prior is not None:  # whole-run train_loss and train_runtime, as for the causal-LM methods
+        metrics = whole_run(metrics, prior, trainer.state.global_step)
     if stop.requested:
         logger.warning("Training stopped by a signal; the last checkpoint is in %s", trainer.args.output_dir)
         return Outcome("interrupted", metrics)
