@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                 name = "streaming" if streaming else "in memory"
                 peak, seconds = run(folder, root / f"run-{scale}-{name.replace(' ', '-')}", streaming, steps)
                 tokens = steps * BATCH * BLOCK
-                corpus = f"{scale}x ({size / 1e6:.0f} MB)"
+                corpus = f"{scale}x ({size / 1e6:.1f} MB)"
                 print(f"| {corpus} | {name} | {tokens / 1e6:.1f} M | {peak:.0f} | {seconds:.0f} |")
 
 
