@@ -23,7 +23,7 @@ from llm_finetuning.data.clean.sharded import (
     write_report,
 )
 from llm_finetuning.data.clean.text import default_text_of
-from llm_finetuning.data.reading import read_rows
+from llm_finetuning.data.reading import iter_rows
 from llm_finetuning.errors import DataError
 
 _BATCH = 4096  # rows whose features are computed together
@@ -33,7 +33,7 @@ def shard_documents(root: str, shards: Sequence[str], rank: int, world_size: int
     """Rows of this task's shards (every `world_size`-th from `rank`) as Documents, a row at a time. A bad row
     stops the task with its file and line (datatrove's own readers skip such rows with a warning)."""
     for number in range(rank, len(shards), world_size):
-        for row, item in enumerate(read_rows(Path(root) / shards[number])):
+        for row, item in enumerate(iter_rows(Path(root) / shards[number])):
             if isinstance(item, DataError):
                 raise item
             meta = {"shard": number, "row": row, "where": item.where, "record": item.data}

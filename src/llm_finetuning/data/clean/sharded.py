@@ -137,7 +137,7 @@ def save_features(stem: Path, parts: list[dict[str, Any]], config: CleanConfig) 
     Path(f"{stem}.json.part").replace(f"{stem}.json")
 
 
-def _load_features(work: Path, config: CleanConfig) -> dict[str, Any]:
+def _load_features(work: Path) -> dict[str, Any]:
     """Every task's features, in row order (shard, then row)."""
     arrays: dict[str, list[np.ndarray]] = {}
     where: list[str] = []
@@ -172,7 +172,7 @@ def decide(plan: dict[str, Any]) -> None:
     """The removals over the whole corpus, step by step as `clean_records` takes them; writes decisions.json."""
     work = Path(plan["work"])
     config = CleanConfig.model_validate(plan["clean"])
-    features = _load_features(work, config)
+    features = _load_features(work)
     ledger = Ledger(features["count"], config, lambda index: features["where"][index])
 
     started = time.perf_counter()
