@@ -19,7 +19,7 @@ from llm_finetuning.config.schema import DataSource
 from llm_finetuning.data import reading, streaming
 from llm_finetuning.data.pipeline import SplitStats
 from llm_finetuning.data.text import to_blocks
-from llm_finetuning.errors import DataError
+from llm_finetuning.errors import ConfigError, DataError
 from llm_finetuning.models.tiny import build_tokenizer
 from llm_finetuning.train import train
 from tests.conftest import shared, tiny_config
@@ -151,3 +151,37 @@ def test_check_samples_a_folder_of_shards(tmp_path):
     assert result.exit_code == 0, result.output
     assert "30 rows sampled, 0 malformed" in result.output and "0 errors" in result.output
     assert "longer than the limit" not in result.output  # documents are cut into blocks, not truncated
+
+
+def test_a_two_worker_tokenize_pipeline_gives_the_blocks_of_the_raw_shards(tmp_path):
+    pytest.importorskip("datatrove")
+    import yaml
+    from typer.testing import CliRunner
+
+    from llm_finetuning.cli.main import app
+    from llm_finetuning.data.clean.config import ShardedRunConfig
+    from llm_finetuning.data.tokenize_shards import MARKER, tokenize_shards
+
+    texts = gsm8k_documents(60)
+    write_shards(tmp_path / "shards", texts)
+    config = streamed_config(tmp_path / "shards", tmp_path / "run")
+    marker = tokenize_shards(config, tmp_path / "tokens", ShardedRunConfig(tasks=3, workers=2))
+    assert marker["shards"] == ["a.parquet", "b.parquet", "c.parquet"] and (tmp_path / "tokens" / MARKER).is_file()
+    tokenizer = build_tokenizer()
+    raw = DataSource(path=str(tmp_path / "shards"), format="text")
+    tokens = DataSource(path=str(tmp_path / "tokens"), format="text")
+    from_tokens = list(streaming.block_stream([tokens], tokenizer, 64, add_eos=True))
+    assert from_tokens == list(streaming.block_stream([raw], tokenizer, 64, add_eos=True))
+    assert len(from_tokens) == sum(len(t.encode()) + 1 for t in texts) // 64  # byte-level: one token per byte
+
+    with pytest.raises(ConfigError, match="not this run's tokenizer and method.add_eos"):
+        list(streaming.block_stream([tokens], tokenizer, 64, add_eos=False))
+    trained = streamed_config(tmp_path / "tokens", tmp_path / "on-tokens")
+    assert train(trained).status == "completed"
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True)))
+    cli = ["data", "tokenize", str(tmp_path / "c.yaml"), str(tmp_path / "tokens2"), "--workers", "2"]
+    result = CliRunner().invoke(app, cli)
+    assert result.exit_code == 0 and "tokenized 3 shards" in result.output, result.output
+    again = CliRunner().invoke(app, cli)
+    assert again.exit_code == 2 and "not empty" in again.output

@@ -93,6 +93,10 @@ def _read(source: DataSource, kind: str, rows: int, sample: SourceSample) -> lis
         from itertools import islice
 
         from llm_finetuning.data.streaming import documents
+        from llm_finetuning.data.tokenize_shards import tokenized_folder
+
+        if tokenized_folder(Path(source.path)) is not None:
+            return []  # token ids already: nothing to sample as text (the tokenizer is checked at the run's start)
 
         loaded: list[tuple[str, dict[str, Any]]] = []
         try:

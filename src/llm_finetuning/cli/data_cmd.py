@@ -195,6 +195,28 @@ def clean(
     console.print(f"wrote {len(result.records)} of {len(rows)} rows to {output}; report: {report_path}", soft_wrap=True)
 
 
+@app.command("tokenize")
+@user_errors
+def tokenize(
+    config: str = typer.Argument(..., help="A `method: pretrain` config whose data.train path is a folder of shards."),
+    output: str = typer.Argument(..., help="Folder for the token shards (Parquet) and llmft_tokens.json."),
+    executor: str = typer.Option("local", "--executor", help="local or ray."),
+    tasks: int = typer.Option(None, "--tasks", min=1, help="Parallel tasks (default: one per shard)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Local: tasks at once."),
+) -> None:
+    """Tokenize a pretraining corpus as a datatrove pipeline; point data.train.path at OUTPUT (with
+    data.streaming) to train on the token ids without tokenizing again."""
+    from pathlib import Path
+
+    from llm_finetuning.config.loading import load_config
+    from llm_finetuning.data.clean.config import ShardedRunConfig
+    from llm_finetuning.data.tokenize_shards import tokenize_shards
+
+    run_config = ShardedRunConfig(executor=executor, tasks=tasks, workers=workers)
+    marker = tokenize_shards(load_config(config), Path(output), run_config)
+    console.print(f"tokenized {len(marker['shards'])} shards into {output} ({marker['tokenizer']})", soft_wrap=True)
+
+
 @app.command("mine-negatives")
 @user_errors
 def mine_negatives(

@@ -97,11 +97,34 @@ def block_stream(
     eos = [tokenizer.eos_token_id] if add_eos else []
     buffer: list[int] = []
     for source in sources:
-        for _, text in documents(source):
-            buffer.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + eos)
+        for ids in _token_documents(source, tokenizer, add_eos, eos):
+            buffer.extend(ids)
             while len(buffer) >= block:
                 ids, buffer = buffer[:block], buffer[block:]
                 yield {"input_ids": ids, "labels": list(ids)}
+
+
+def _token_documents(
+    source: DataSource, tokenizer: PreTrainedTokenizerBase, add_eos: bool, eos: list[int]
+) -> Iterator[list[int]]:
+    """Each document's token ids (+ EOS): read from a folder `llmft data tokenize` wrote, or tokenized here."""
+    from llm_finetuning.data.tokenize_shards import tokenized_folder, tokenizer_fingerprint
+
+    marker = tokenized_folder(Path(source.path)) if source.path is not None else None
+    if marker is None:
+        for _, text in documents(source):
+            yield tokenizer(text, add_special_tokens=False)["input_ids"] + eos
+        return
+    if marker["tokenizer_fingerprint"] != tokenizer_fingerprint(tokenizer) or marker["add_eos"] != add_eos:
+        raise ConfigError(
+            f"data source {source.label}: tokenized with `{marker['tokenizer']}` (add_eos {marker['add_eos']}), "
+            f"which is not this run's tokenizer and method.add_eos ({add_eos}); tokenize again with this config"
+        )
+    for name in marker["shards"]:
+        for item in iter_rows(Path(source.path) / name):
+            if isinstance(item, DataError):
+                raise item
+            yield item.data["input_ids"]
 
 
 def streamed_dataset(config: DataConfig, tokenizer: PreTrainedTokenizerBase, add_eos: bool, seed: int) -> Any:

@@ -288,7 +288,7 @@ def make_plan(
     return plan
 
 
-def _executor(run: ShardedRunConfig, pipeline: list[Any], tasks: int, logs: Path, name: str, depends: Any):
+def executor_for(run: ShardedRunConfig, pipeline: list[Any], tasks: int, logs: Path, name: str, depends: Any):
     common = {"pipeline": pipeline, "tasks": tasks, "logging_dir": str(logs / name), "depends": depends}
     if run.executor == "local":
         from datatrove.executor import LocalPipelineExecutor
@@ -336,10 +336,10 @@ def clean_shards(
         str(output_dir), output_filename="${output}", adapter=record_of, **_writer_options(run.output_format)
     )
     logs = work / "logs"
-    stage1 = _executor(run, [Features(plan)], tasks, logs, "features", None)
-    stage2 = _executor(run, [Decide(plan)], 1, logs, "decide", stage1)
-    stage3 = _executor(run, [Apply(plan), writer], tasks, logs, "write", stage2)
-    stage4 = _executor(run, [Report(plan)], 1, logs, "report", stage3)
+    stage1 = executor_for(run, [Features(plan)], tasks, logs, "features", None)
+    stage2 = executor_for(run, [Decide(plan)], 1, logs, "decide", stage1)
+    stage3 = executor_for(run, [Apply(plan), writer], tasks, logs, "write", stage2)
+    stage4 = executor_for(run, [Report(plan)], 1, logs, "report", stage3)
     logger.info("clean: %d shards, %d tasks, %s executor; work in %s", len(plan["shards"]), tasks, run.executor, work)
     stage4.run()
     if run.executor == "slurm":
