@@ -50,25 +50,35 @@ def load(data: Path) -> tuple[list[dict], list[str]]:
     return alpaca + gsm8k, evals
 
 
-def best_time(work: Callable[[], object], repeat: int) -> float:
-    times = []
+def best_time(work: Callable[[], object], repeat: int) -> tuple[float, object]:
+    """The fastest of `repeat` runs of `work`, and what the last one returned."""
+    times, result = [], None
     for _ in range(repeat):
         started = time.perf_counter()
-        work()
+        result = work()
         times.append(time.perf_counter() - started)
-    return min(times)
+    return min(times), result
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def one_core_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the one-core data benchmarks: --repeat, --data (../shared/data) and --markdown."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--data", type=Path, default=Path(os.environ.get("LLMFT_SHARED_DATA", REPO.parent / "shared" / "data"))
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def pin_one_core() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = one_core_parser(__doc__.splitlines()[0]).parse_args(argv)
+    pin_one_core()
 
     records, evals = load(args.data)
     texts = [default_text_of(record) for record in records]
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         ("clean_records, all steps", lambda: clean_records(records, everything, eval_texts=evals)),
     ]
-    results = [(name, best_time(work, args.repeat)) for name, work in cases]
+    results = [(name, best_time(work, args.repeat)[0]) for name, work in cases]
 
     header = f"{len(records)} records (Alpaca 2000 + GSM8K train), {megabytes:.2f} MB of text"
     print(f"Machine: {machine()}\n{header}\n")

@@ -20,28 +20,24 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "RAYON_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 import random  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench_clean import machine  # noqa: E402
+from bench_clean import best_time, machine, one_core_parser, pin_one_core  # noqa: E402
+from bench_clean import load as load_records  # noqa: E402
 
 from llm_finetuning.data.clean import default_text_of  # noqa: E402
 from llm_finetuning.data.clean.config import NearDedupConfig  # noqa: E402
 from llm_finetuning.data.clean.minhash import band_shape, near_duplicates  # noqa: E402
 from llm_finetuning.data.clean.text import words  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 NGRAM = 5
 
 
 def load(data: Path) -> list[str]:
-    alpaca = json.loads((data / "alpaca" / "alpaca_sample2000.alpaca_small.json").read_text())
-    gsm8k = [json.loads(line) for line in (data / "gsm8k" / "train.jsonl").read_text().splitlines()]
-    return [default_text_of(record) for record in alpaca + gsm8k]
+    records, _ = load_records(data)
+    return [default_text_of(record) for record in records]
 
 
 def grams(text: str) -> set[tuple[str, ...]]:
@@ -102,26 +98,11 @@ def datasketch_duplicates(texts: Sequence[str], threshold: float, num_perm: int)
     return found
 
 
-def best_time(work: Callable[[], object], repeat: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = work()
-        times.append(time.perf_counter() - started)
-    return min(times), result
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = one_core_parser(__doc__.splitlines()[0])
     parser.add_argument("--planted", type=int, default=500)
-    parser.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("LLMFT_SHARED_DATA", REPO.parent / "shared" / "data"))
-    )
-    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    pin_one_core()
 
     texts = load(args.data)
     threshold = NearDedupConfig().threshold

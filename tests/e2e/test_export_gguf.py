@@ -155,15 +155,19 @@ def test_gguf_reads_back_and_gives_the_source_logits(tiny_sources, measured, tmp
 TOKENIZER_CASES = [("llama", "gpt2"), ("qwen2", "qwen2"), ("mistral", "mistral-7b-v0.3")]
 
 
-@pytest.fixture(scope="module", params=TOKENIZER_CASES, ids=[case[1] for case in TOKENIZER_CASES])
-def real(request, tmp_path_factory):
-    arch, name = request.param
+def export_real(arch, name, folder):
+    """A random model of `arch` with the real tokenizer `name` (and a chat template), exported to q8_0."""
     tokenizer = AutoTokenizer.from_pretrained(shared(f"tokenizers/{name}"))
     if tokenizer.chat_template is None:  # GPT-2 has none; the template a run trained with must travel
         tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    folder = tmp_path_factory.mktemp(f"real-{name}")
     model = save_source(folder, arch, tokenizer, tied=arch == "qwen2")
-    path = export_gguf(folder, folder / "gguf", "q8_0")
+    return tokenizer, model, export_gguf(folder, folder / "gguf", "q8_0")
+
+
+@pytest.fixture(scope="module", params=TOKENIZER_CASES, ids=[case[1] for case in TOKENIZER_CASES])
+def real(request, tmp_path_factory):
+    arch, name = request.param
+    tokenizer, model, path = export_real(arch, name, tmp_path_factory.mktemp(f"real-{name}"))
     reader, kv = fields(path)
     return {"arch": arch, "name": name, "tokenizer": tokenizer, "model": model, "path": path, "kv": kv}
 

@@ -22,8 +22,16 @@ from llm_finetuning.cli.main import app
 from llm_finetuning.config import Config
 from llm_finetuning.export.gguf import export_gguf
 from llm_finetuning.models.tiny import build_tokenizer
-from tests.conftest import shared, tiny_config
-from tests.e2e.test_export_gguf import BOUND, MESSAGES, TEXTS, relative_error, save_source
+from tests.conftest import tiny_config
+from tests.e2e.test_export_gguf import (
+    BOUND,
+    MESSAGES,
+    TEXTS,
+    TOKENIZER_CASES,
+    export_real,
+    relative_error,
+    save_source,
+)
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the optional gguf-check test dependency")
 
@@ -113,21 +121,15 @@ def test_llama_cpp_generates_the_greedy_tokens_of_the_source(sources, tmp_path, 
 
 # --- real tokenizers -------------------------------------------------------------------------------------------
 
-TOKENIZERS = [("llama", "gpt2"), ("qwen2", "qwen2"), ("mistral", "mistral-7b-v0.3")]
 # SentencePiece in llama.cpp always adds the space prefix: also before text that already starts with a space and
 # after a special token, where transformers' Metaspace (prepend_scheme "first") adds none.
 SPM_PREFIX_CASES = {TEXTS[1], TEXTS[5]}
 
 
-@pytest.fixture(scope="module", params=TOKENIZERS, ids=[name for _, name in TOKENIZERS])
+@pytest.fixture(scope="module", params=TOKENIZER_CASES, ids=[name for _, name in TOKENIZER_CASES])
 def real(request, tmp_path_factory):
     arch, name = request.param
-    tokenizer = AutoTokenizer.from_pretrained(shared(f"tokenizers/{name}"))
-    if tokenizer.chat_template is None:  # GPT-2 has none; the template a run trained with must travel
-        tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    folder = tmp_path_factory.mktemp(f"llama-cpp-real-{name}")
-    save_source(folder, arch, tokenizer, tied=arch == "qwen2")
-    path = export_gguf(folder, folder / "gguf", "q8_0")
+    tokenizer, _, path = export_real(arch, name, tmp_path_factory.mktemp(f"llama-cpp-real-{name}"))
     with Loaded(path, vocab_only=True) as llm:
         yield name, tokenizer, llm
 

@@ -110,8 +110,7 @@ def test_two_local_workers_give_the_in_process_result(tmp_path):
     wheres = {event["index"]: event["where"] for event in written["events"]}
     first = expected.report.removed[0]
     assert wheres[first.index].split("/")[-1].startswith(tuple(name.split("/")[-1] for name in shards))
-    assert sorted((tmp_path / "out" / ".llmft-clean" / "features").glob("*.npz"))  # 3 tasks' features
-    assert len(list((tmp_path / "out" / ".llmft-clean" / "features").glob("*.npz"))) == 3
+    assert len(list((tmp_path / "out" / ".llmft-clean" / "features").glob("*.npz"))) == 3  # one per task
 
 
 def test_the_cli_cleans_a_folder_and_writes_parquet(tmp_path):

@@ -59,11 +59,25 @@ def read_rows(path: str | Path, max_rows: int | None = None) -> Iterator[Row | D
         yield row
 
 
-def _kind(path: Path) -> str:
+def data_suffix(path: Path) -> str:
+    """The data type of a file name, lowercase, a `.gz` ending set aside: `a.JSONL.gz` -> `.jsonl`."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
-    kind = suffixes[-1] if suffixes else ""
+    return suffixes[-1] if suffixes else ""
+
+
+def data_files(folder: Path) -> list[Path]:
+    """The data files under `folder` (any depth, hidden ones left out), sorted: a folder of shards' row order."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and not path.name.startswith(".") and data_suffix(path) in SUFFIXES
+    )
+
+
+def _kind(path: Path) -> str:
+    kind = data_suffix(path)
     if kind not in SUFFIXES:
         raise DataError(f"{path}: unknown file type `{kind or path.name}`; use one of {', '.join(SUFFIXES)} (+ .gz)")
     return kind

@@ -18,7 +18,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from llm_finetuning.config.schema import DataConfig, DataSource
-from llm_finetuning.data.reading import SUFFIXES, iter_rows
+from llm_finetuning.data.reading import SUFFIXES, data_files, iter_rows
 from llm_finetuning.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -31,21 +31,10 @@ def shard_files(source: DataSource) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise DataError(f"data source {source.label}: {path} is neither a file nor a folder")
-    files = sorted(
-        item
-        for item in path.rglob("*")
-        if item.is_file() and not item.name.startswith(".") and _data_suffix(item) in SUFFIXES
-    )
+    files = data_files(path)
     if not files:
         raise DataError(f"data source {source.label}: no data files ({', '.join(SUFFIXES)}, optionally .gz) in {path}")
     return files
-
-
-def _data_suffix(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
 
 
 def shards_fingerprint(source: DataSource) -> str:
@@ -67,10 +56,15 @@ def documents(source: DataSource) -> Iterator[tuple[str, str]]:
         for item in iter_rows(path):
             if isinstance(item, DataError):
                 raise item
-            text = item.data.get(source.columns.get("text", "text"))
-            if not isinstance(text, str):
-                raise DataError(f"{item.where}: expected a string `text` field, got {type(text).__name__}")
-            yield item.where, text
+            yield item.where, document_text(item.data, source.columns.get("text", "text"), item.where)
+
+
+def document_text(record: dict[str, Any], column: str, where: str) -> str:
+    """The document of a row; a row without a string there stops the stream with its location."""
+    text = record.get(column)
+    if not isinstance(text, str):
+        raise DataError(f"{where}: expected a string `{column}` field, got {type(text).__name__}")
+    return text
 
 
 def _hub_documents(source: DataSource) -> Iterator[tuple[str, str]]:
@@ -84,10 +78,8 @@ def _hub_documents(source: DataSource) -> Iterator[tuple[str, str]]:
         raise DataError(f"Could not stream hub dataset `{source.label}`: {exc}") from None
     column = source.columns.get("text", "text")
     for index, row in enumerate(stream, start=1):
-        text = row.get(column)
-        if not isinstance(text, str):
-            raise DataError(f"{source.label}:row {index}: expected a string `{column}` field")
-        yield f"{source.label}:row {index}", text
+        where = f"{source.label}:row {index}"
+        yield where, document_text(row, column, where)
 
 
 def block_stream(

@@ -134,15 +134,14 @@ class Tokenize(_PlanStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         from llm_finetuning.config.schema import ModelConfig
+        from llm_finetuning.data.streaming import document_text
         from llm_finetuning.models.loading import load_tokenizer
 
         plan = self.plan
         tokenizer = load_tokenizer(ModelConfig.model_validate(plan["model"]))
         eos = [tokenizer.eos_token_id] if plan["add_eos"] else []
         for document in shard_documents(plan["input"], plan["shards"], rank, world_size):
-            text = document.metadata["record"].get(plan["column"])
-            if not isinstance(text, str):
-                raise DataError(f"{document.metadata['where']}: expected a string `{plan['column']}` field")
+            text = document_text(document.metadata["record"], plan["column"], document.metadata["where"])
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] + eos
             document.metadata["record"] = {"input_ids": ids}
             document.metadata["output"] = output_name(plan["shards"][document.metadata["shard"]], "parquet")

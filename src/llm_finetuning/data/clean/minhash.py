@@ -83,10 +83,7 @@ class MinHasher:
         if self.config.backend == "rensa":
             hashes, offsets = self.all_shingles(texts)
             valid = np.diff(offsets) > 0
-            digests = _rensa().RMinHash.digest_matrix_from_flat_token_hashes(
-                hashes, offsets.astype(np.uint64), self.config.num_perm, self.config.seed
-            )
-            out = np.asarray(digests.to_rows(), dtype=np.uint32).reshape(len(texts), self.config.num_perm)
+            out = _rows(_rensa_digests(hashes, offsets, self.config), self.config.num_perm)
             out[~valid] = 0
             return out, valid
         out = np.zeros((len(texts), self.config.num_perm), dtype=np.uint32)
@@ -140,13 +137,13 @@ def band_shape(config: NearDedupConfig) -> tuple[int, int]:
 
 
 def find_near_duplicates(
-    signatures: np.ndarray, valid: np.ndarray, threshold: float, shape: tuple[int, int] | None = None
+    signatures: np.ndarray, valid: np.ndarray, threshold: float, shape: tuple[int, int]
 ) -> list[NearDuplicate]:
     """Scan in order; a position whose estimated Jaccard with an earlier kept candidate reaches `threshold` is a
     near-duplicate of the most similar one (the earliest among equals); every other position is kept. `shape` is
-    the (bands, rows) of the LSH, `lsh_params` by default."""
-    count, num_perm = signatures.shape
-    bands, rows = shape or lsh_params(threshold, num_perm)
+    the (bands, rows) of the LSH (`band_shape`)."""
+    count = len(signatures)
+    bands, rows = shape
     keys = _band_keys(signatures, bands, rows)
     shared = np.zeros(count, dtype=bool)
     for band in keys:
@@ -215,19 +212,26 @@ def _rensa_near_duplicates(
     bands, _ = shape
     hashes, offsets = MinHasher(config).all_shingles(texts)
     counts = np.diff(offsets)
-    digests = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
-        hashes, offsets.astype(np.uint64), config.num_perm, config.seed
-    )
+    digests = _rensa_digests(hashes, offsets, config)
     index = rensa.RMinHashLSH(config.threshold, config.num_perm, bands)
     flagged = np.asarray(index.query_duplicate_flags_matrix_one_shot(digests), dtype=bool) & (counts > 0)
     positions = np.flatnonzero(flagged)
     if len(positions) < 2:
         return []
     take = np.repeat(flagged, counts)
-    subset = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
-        hashes[take], np.concatenate([[0], np.cumsum(counts[positions])]).astype(np.uint64), config.num_perm,
-        config.seed,
-    )  # fmt: skip
-    signatures = np.asarray(subset.to_rows(), dtype=np.uint32)
+    subset_offsets = np.concatenate([[0], np.cumsum(counts[positions])])
+    signatures = _rows(_rensa_digests(hashes[take], subset_offsets, config), config.num_perm)
     found = find_near_duplicates(signatures, np.ones(len(positions), dtype=bool), config.threshold, shape)
     return [NearDuplicate(int(positions[d.index]), int(positions[d.of]), d.similarity) for d in found]
+
+
+def _rensa_digests(hashes: np.ndarray, offsets: np.ndarray, config: NearDedupConfig):
+    """rensa's signature matrix of the texts whose shingle hashes are `hashes[offsets[i]:offsets[i + 1]]`."""
+    return _rensa().RMinHash.digest_matrix_from_flat_token_hashes(
+        hashes, offsets.astype(np.uint64), config.num_perm, config.seed
+    )
+
+
+def _rows(digests, num_perm: int) -> np.ndarray:
+    """A rensa signature matrix as uint32 [texts, num_perm] (one Python int per value on the way: costly)."""
+    return np.asarray(digests.to_rows(), dtype=np.uint32).reshape(-1, num_perm)

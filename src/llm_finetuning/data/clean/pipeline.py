@@ -9,12 +9,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_finetuning.data.clean.config import CleanConfig, NearDedupConfig, QualityConfig
+from llm_finetuning.data.clean.config import (
+    CleanConfig,
+    DecontaminateConfig,
+    ExactDedupConfig,
+    NearDedupConfig,
+    QualityConfig,
+)
 from llm_finetuning.data.clean.decontaminate import Contamination, EvalIndex, contaminated
 from llm_finetuning.data.clean.exact import exact_duplicates
 from llm_finetuning.data.clean.minhash import NearDuplicate, band_shape, near_duplicates
 from llm_finetuning.data.clean.pii import redact_value
-from llm_finetuning.data.clean.quality import quality_problem
+from llm_finetuning.data.clean.quality import quality_problems
 from llm_finetuning.data.clean.report import CleanReport, Event, StepStats
 from llm_finetuning.data.clean.text import TextOf, default_text_of
 from llm_finetuning.errors import DataError
@@ -103,12 +109,8 @@ def clean_records(
 
 def _quality(run: _Run) -> None:
     started, settings = time.perf_counter(), run.config.quality
-    removals = {}
-    if settings.active:
-        for index in run.alive:
-            problem = quality_problem(run.texts[index], settings)
-            if problem:
-                removals[index] = (problem, {})
+    problems = quality_problems(run.alive_texts(), settings)
+    removals = {run.alive[position]: (problem, {}) for position, problem in problems.items()}
     run.step("quality", removals, started, quality_note(settings))
 
 
@@ -116,22 +118,20 @@ def _exact(run: _Run) -> None:
     started, removals = time.perf_counter(), {}
     if run.config.dedup.exact:
         removals = exact_removals(run.alive, exact_duplicates(run.alive_texts()))
-    run.step("exact_dedup", removals, started, None if run.config.dedup.exact else "disabled")
+    run.step("exact_dedup", removals, started, exact_note(run.config.dedup))
 
 
 def _near(run: _Run) -> None:
     started, settings, removals = time.perf_counter(), run.config.near_dedup, {}
-    note = "disabled"
     if settings.enabled:
         removals = near_removals(run.alive, near_duplicates(run.alive_texts(), settings))
-        note = near_note(settings)
-    run.step("near_dedup", removals, started, note)
+    run.step("near_dedup", removals, started, near_note(settings))
 
 
 def _decontaminate(run: _Run, eval_texts: EvalTexts | None) -> None:
     started, settings, removals = time.perf_counter(), run.config.decontaminate, {}
     if not settings.enabled or not eval_texts:
-        run.step("decontaminate", removals, started, "disabled" if not settings.enabled else "no eval texts given")
+        run.step("decontaminate", removals, started, skipped_decontamination_note(settings))
         return
     names: list[Any] = list(eval_texts) if isinstance(eval_texts, Mapping) else list(range(len(eval_texts)))
     texts = list(eval_texts.values()) if isinstance(eval_texts, Mapping) else list(eval_texts)
@@ -183,7 +183,13 @@ def quality_note(settings: QualityConfig) -> str | None:
     return None if settings.active else "no filter set"
 
 
+def exact_note(settings: ExactDedupConfig) -> str | None:
+    return None if settings.exact else "disabled"
+
+
 def near_note(settings: NearDedupConfig) -> str:
+    if not settings.enabled:
+        return "disabled"
     bands, rows = band_shape(settings)
     return f"{settings.backend}: {bands} bands x {rows} rows"
 
@@ -198,6 +204,11 @@ def contamination_removals(
         reason = f"shares {item.matches} {ngram}-gram(s) with eval item {label}"
         removals[alive[item.index]] = (reason, {"eval_item": name, "matches": item.matches})
     return removals
+
+
+def skipped_decontamination_note(settings: DecontaminateConfig) -> str:
+    """Why decontamination did not run: switched off, or nothing to compare with."""
+    return "disabled" if not settings.enabled else "no eval texts given"
 
 
 def contamination_note(index: EvalIndex, ngram: int) -> str | None:

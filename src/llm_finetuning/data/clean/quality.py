@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 
 from llm_finetuning.data.clean.config import QualityConfig
 from llm_finetuning.data.clean.text import words
@@ -69,6 +70,14 @@ def quality_problem(text: str, config: QualityConfig) -> str | None:
             if value > bound:
                 return f"{name} {value:.4g} > {bound:g}"
     return None
+
+
+def quality_problems(texts: Sequence[str], config: QualityConfig) -> dict[int, str]:
+    """{position: problem} for every text that fails a filter (none when no filter is set)."""
+    if not config.active:
+        return {}
+    problems = ((position, quality_problem(text, config)) for position, text in enumerate(texts))
+    return {position: problem for position, problem in problems if problem}
 
 
 def _top(n: int):

@@ -28,6 +28,12 @@ class Event:
         out.update(step=self.step, action=self.action, reason=self.reason, **self.details)
         return out
 
+    @classmethod
+    def from_dict(cls, item: dict[str, Any]) -> Event:
+        """The inverse of `to_dict`."""
+        details = {k: v for k, v in item.items() if k not in ("index", "where", "step", "action", "reason")}
+        return cls(item["index"], item["step"], item["action"], item["reason"], item.get("where"), details)
+
 
 @dataclass
 class StepStats:
@@ -44,6 +50,11 @@ class StepStats:
         out = {key: value for key, value in asdict(self).items() if value is not None}
         out["seconds"] = round(self.seconds, 4)
         return out
+
+    @classmethod
+    def from_dict(cls, item: dict[str, Any]) -> StepStats:
+        """The inverse of `to_dict`."""
+        return cls(**item)
 
 
 @dataclass
@@ -88,6 +99,17 @@ class CleanReport:
             "events": [event.to_dict() for event in sorted(self.events, key=lambda e: (e.index, e.step))],
             "config": self.config,
         }
+
+    @classmethod
+    def read(cls, path: str | Path) -> CleanReport:
+        """A report `write` wrote."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(
+            data["input"],
+            [StepStats.from_dict(step) for step in data["steps"]],
+            [Event.from_dict(event) for event in data["events"]],
+            data["config"],
+        )
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)

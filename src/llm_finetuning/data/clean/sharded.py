@@ -33,15 +33,17 @@ from llm_finetuning.data.clean.pipeline import (
     Ledger,
     contamination_note,
     contamination_removals,
+    exact_note,
     exact_removals,
     near_note,
     near_removals,
     pii_event,
     quality_note,
+    skipped_decontamination_note,
 )
-from llm_finetuning.data.clean.quality import quality_problem
-from llm_finetuning.data.clean.report import CleanReport, Event
-from llm_finetuning.data.reading import SUFFIXES
+from llm_finetuning.data.clean.quality import quality_problems
+from llm_finetuning.data.clean.report import CleanReport, Event, StepStats
+from llm_finetuning.data.reading import SUFFIXES, data_files
 from llm_finetuning.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -52,16 +54,10 @@ _PLAN = "plan.json"
 
 def list_shards(folder: Path) -> list[str]:
     """The data files under `folder` (any depth), relative and sorted: the order of the rows."""
-    names = []
-    for path in folder.rglob("*"):
-        suffixes = [s.lower() for s in path.suffixes]
-        if suffixes and suffixes[-1] == ".gz":
-            suffixes = suffixes[:-1]
-        if path.is_file() and suffixes and suffixes[-1] in SUFFIXES and not path.name.startswith("."):
-            names.append(path.relative_to(folder).as_posix())
+    names = [path.relative_to(folder).as_posix() for path in data_files(folder)]
     if not names:
         raise DataError(f"{folder}: no data files ({', '.join(SUFFIXES)}, optionally .gz) in this folder")
-    return sorted(names)
+    return names
 
 
 def output_name(shard: str, output_format: str) -> str:
@@ -83,14 +79,9 @@ def features_of(batch: list[Any], config: CleanConfig, hasher: MinHasher, index:
         "shard": np.array([d.metadata["shard"] for d in batch], dtype=np.int32),
         "row": np.array([d.metadata["row"] for d in batch], dtype=np.int64),
         "where": [d.metadata["where"] for d in batch],
-        "quality": {},
+        "quality": quality_problems(texts, config.quality),
         "contamination": [],
     }
-    if config.quality.active:
-        for position, text in enumerate(texts):
-            problem = quality_problem(text, config.quality)
-            if problem:
-                out["quality"][position] = problem
     if config.dedup.exact:
         out["keys"] = np.frombuffer(b"".join(exact_key(text) for text in texts), dtype=np.uint8).reshape(-1, 16)
     if config.near_dedup.enabled:
@@ -105,18 +96,13 @@ def save_features(stem: Path, parts: list[dict[str, Any]], config: CleanConfig) 
     """One .npz of arrays and one .json of the rest per task, written whole (temporary name, then renamed)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.cumsum([0] + [len(part["row"]) for part in parts])
-    arrays: dict[str, np.ndarray] = {
-        "shard": np.concatenate([p["shard"] for p in parts]) if parts else np.zeros(0, np.int32),
-        "row": np.concatenate([p["row"] for p in parts]) if parts else np.zeros(0, np.int64),
-    }
+    empty = {"shard": np.zeros(0, np.int32), "row": np.zeros(0, np.int64)}  # shapes for a task with no rows
     if config.dedup.exact:
-        arrays["keys"] = np.concatenate([p["keys"] for p in parts]) if parts else np.zeros((0, 16), np.uint8)
+        empty["keys"] = np.zeros((0, 16), np.uint8)
     if config.near_dedup.enabled:
-        width = config.near_dedup.num_perm
-        arrays["signatures"] = (
-            np.concatenate([p["signatures"] for p in parts]) if parts else np.zeros((0, width), np.uint32)
-        )
-        arrays["valid"] = np.concatenate([p["valid"] for p in parts]) if parts else np.zeros(0, bool)
+        empty["signatures"] = np.zeros((0, config.near_dedup.num_perm), np.uint32)
+        empty["valid"] = np.zeros(0, bool)
+    arrays = {key: np.concatenate([none] + [part[key] for part in parts]) for key, none in empty.items()}
     rest = {
         "where": [where for part in parts for where in part["where"]],
         "quality": {
@@ -182,7 +168,7 @@ def decide(plan: dict[str, Any]) -> None:
     if config.dedup.exact:
         keys = features["keys"][ledger.alive]
         removals = exact_removals(ledger.alive, repeated_keys(bytes(key) for key in keys))
-    ledger.step("exact_dedup", removals, started, None if config.dedup.exact else "disabled")
+    ledger.step("exact_dedup", removals, started, exact_note(config.dedup))
 
     started, removals, settings = time.perf_counter(), {}, config.near_dedup
     if settings.enabled:
@@ -191,11 +177,11 @@ def decide(plan: dict[str, Any]) -> None:
             features["signatures"][alive], features["valid"][alive], settings.threshold, band_shape(settings)
         )
         removals = near_removals(alive, found)
-    ledger.step("near_dedup", removals, started, near_note(settings) if settings.enabled else "disabled")
+    ledger.step("near_dedup", removals, started, near_note(settings))
 
     started, removals, settings = time.perf_counter(), {}, config.decontaminate
     if not settings.enabled or not plan["eval_texts"]:
-        note = "disabled" if not settings.enabled else "no eval texts given"
+        note = skipped_decontamination_note(settings)
     else:
         position = {index: spot for spot, index in enumerate(ledger.alive)}
         found = [
@@ -228,19 +214,15 @@ def decide(plan: dict[str, Any]) -> None:
 
 def write_report(plan: dict[str, Any]) -> CleanReport:
     """The report of the run (OUTPUT/clean_report.json): decisions plus the PII changes of every task."""
-    from llm_finetuning.data.clean.report import StepStats
-
     work = Path(plan["work"])
     config = CleanConfig.model_validate(plan["clean"])
     decisions = json.loads((work / "decisions.json").read_text(encoding="utf-8"))
-    report = CleanReport(decisions["count"], config=config.model_dump(mode="json"))
-    for item in decisions["events"]:
-        fixed = {"index", "where", "step", "action", "reason"}
-        details = {key: value for key, value in item.items() if key not in fixed}
-        report.events.append(
-            Event(item["index"], item["step"], item["action"], item["reason"], item.get("where"), details)
-        )
-    report.steps = [StepStats(**{**step, "note": step.get("note")}) for step in decisions["steps"]]
+    report = CleanReport(
+        decisions["count"],
+        [StepStats.from_dict(step) for step in decisions["steps"]],
+        [Event.from_dict(event) for event in decisions["events"]],
+        config.model_dump(mode="json"),
+    )
     changed = 0
     for path in sorted((work / "pii").glob("*.json")):
         for number, row, where, counts in json.loads(path.read_text(encoding="utf-8")):
@@ -347,7 +329,7 @@ def clean_shards(
     path = output_dir / REPORT_NAME
     if not path.is_file():
         raise DataError(f"the sharded clean did not finish: see the task logs in {logs}")
-    return write_report(plan)
+    return CleanReport.read(path)  # written by the report stage
 
 
 def _writer_options(output_format: str) -> dict[str, Any]:
