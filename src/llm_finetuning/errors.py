@@ -20,3 +20,8 @@ class DataError(UserError):
 
 class RunDirError(UserError):
     """The run directory cannot be used as asked (exists, missing, not a run)."""
+
+
+class RowError(ValueError):
+    """A row does not fit its format; the message names the field. The data pipeline adds the row's location
+    and turns it into a `DataError` (or counts the row, with `data.on_error: skip`)."""

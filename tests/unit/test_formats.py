@@ -35,15 +35,20 @@ def test_sharegpt_with_system_and_tool_turns():
         ],
         "system": "Use tools.",
     }
-    assert to_record(row, "sharegpt", {}) == {
-        "messages": [
-            m(S, "Use tools."),
-            m(U, "Weather in Oslo?"),
-            m(A, '{"name": "weather", "arguments": {"city": "Oslo"}}'),
-            m(T, '{"temp": 3}'),
-            m(A, "It is 3 degrees."),
-        ]
-    }
+    messages = to_record(row, "sharegpt", {})["messages"]
+    call = messages[2]["tool_calls"][0]
+    assert messages == [
+        m(S, "Use tools."),
+        m(U, "Weather in Oslo?"),
+        {
+            **m(A, ""),
+            "tool_calls": [
+                {"id": call["id"], "type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+            ],
+        },
+        {**m(T, '{"temp": 3}'), "tool_call_id": call["id"], "name": "weather"},
+        m(A, "It is 3 degrees."),
+    ]
 
 
 def test_sharegpt_unknown_speaker_is_named():
@@ -66,10 +71,11 @@ def test_only_weight_zero_answers_is_an_error():
         to_record({"messages": [m(U, "hi"), {**m(A, "x"), "weight": 0}]}, "messages", {})
 
 
-def test_structured_tool_calls_are_refused_clearly():
-    row = {"messages": [m(U, "hi"), {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]}
-    with pytest.raises(RowError, match="structured `tool_calls`"):
-        to_record(row, "messages", {})
+def test_tool_calls_outside_conversations_are_refused_clearly():
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "function": {"name": "f"}}]}
+    row = {"prompt": [m(U, "hi")], "chosen": [call], "rejected": [m(A, "no")]}
+    with pytest.raises(RowError, match=r"`chosen\[0\]` is a tool call; calls train with the conversation formats"):
+        to_record(row, "preference", {})
 
 
 def test_alpaca_history_becomes_earlier_turns():

@@ -131,7 +131,7 @@ def test_template_that_rewrites_the_answer_is_a_row_error():
 
     tokenizer = build_tokenizer()
     prepare_tokenizer(tokenizer, "{% for m in messages %}{{ m.content | upper }}{% endfor %}")
-    with pytest.raises(RowError, match="changes the assistant's text"):
+    with pytest.raises(RowError, match="turn 1 of 2 \\(user: 'hi'\\) is missing its content"):
         encode(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
 
 

@@ -1,8 +1,10 @@
 """Map a raw row of each supported format onto one of the canonical records (TRL's standard shapes).
 
 Record kinds and their fields (messages are `{"role", "content"}` dicts; roles system/user/assistant/tool):
-- `messages`:    {"messages": [...]}: a conversation to learn the assistant turns of (SFT).
-                 Formats: messages (OpenAI), alpaca, sharegpt, prompt_completion.
+- `messages`:    {"messages": [...], "tools"?: [...]}: a conversation to learn the assistant turns of (SFT).
+                 Formats: messages (OpenAI), alpaca, sharegpt, prompt_completion. Assistant turns may carry
+                 `tool_calls` and tool turns `tool_call_id`; `tools` are the functions declared to the model
+                 (data/tool_calls.py has the shapes).
 - `preference`:  {"prompt": [...], "chosen": [...], "rejected": [...]}: chosen/rejected are the assistant
                  turn(s) after the shared prompt (DPO, ORPO, reward models).
 - `unpaired`:    {"prompt": [...], "completion": [...], "label": bool}: one judged completion (KTO).
@@ -19,9 +21,13 @@ Record kinds and their fields (messages are `{"role", "content"}` dicts; roles s
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
+
+from llm_finetuning.data.tool_calls import check_declared, link_tool_answers, normalize_calls, normalize_tools
+from llm_finetuning.errors import RowError
 
 Message = dict[str, Any]
 Record = dict[str, Any]
@@ -57,10 +63,6 @@ FORMAT_KIND = {
 }
 
 
-class RowError(ValueError):
-    """A row does not fit its format; the message names the field."""
-
-
 def _column(columns: dict[str, str], name: str) -> str:
     return columns.get(name, name)
 
@@ -88,15 +90,21 @@ def _text(row: dict[str, Any], columns: dict[str, str], name: str, required: boo
     return value
 
 
-def parse_message(value: Any, where: str) -> Message:
-    """One message given as {role, content} (OpenAI) or {from, value} (ShareGPT)."""
+def parse_message(value: Any, where: str, tools: bool = False) -> Message:
+    """One message given as {role, content} (OpenAI) or {from, value} (ShareGPT).
+
+    With `tools`, assistant calls (`tool_calls`, legacy `function_call`, ShareGPT `function_call` turns) become
+    `tool_calls` and a tool's answer keeps `tool_call_id`/`name`; without, a call is refused (the record kind
+    has no place for it)."""
     if not isinstance(value, dict):
         raise RowError(f"field `{where}` must be an object with `role` and `content` (or `from` and `value`)")
+    speaker = None
     if "role" in value:
         role, content, origin = value["role"], value.get("content"), "role"
+        role = {"function": "tool", "developer": "system"}.get(role, role)  # legacy OpenAI names
     elif "from" in value:
-        origin = "from"
-        role = SPEAKERS.get(str(value["from"]).lower())
+        origin, speaker = "from", str(value["from"]).lower()
+        role = SPEAKERS.get(speaker)
         if role is None:
             raise RowError(f"field `{where}.from` is `{value['from']}`; expected one of {', '.join(SPEAKERS)}")
         content = value.get("value")
@@ -104,19 +112,41 @@ def parse_message(value: Any, where: str) -> Message:
         raise RowError(f"field `{where}` must be an object with `role` and `content` (or `from` and `value`)")
     if role not in ROLES:
         raise RowError(f"field `{where}.{origin}` is `{role}`; expected one of {', '.join(ROLES)}")
-    if value.get("tool_calls"):
-        raise RowError(
-            f"field `{where}` has structured `tool_calls`, which this version does not train on; "
-            "drop such rows (data.on_error: skip) or give the call as the message text"
-        )
+    calls = _calls(value, where, speaker, content)
+    if calls:
+        if not tools:
+            raise RowError(
+                f"field `{where}` is a tool call; calls train with the conversation formats (messages, sharegpt) "
+                "and `method: sft`. Drop such rows (data.on_error: skip) or give the call as message text"
+            )
+        if role != "assistant":
+            raise RowError(f"field `{where}` carries tool calls but its role is `{role}`; only assistants call tools")
+        content = "" if speaker == "function_call" or content is None else content
     if not isinstance(content, str):
         raise RowError(f"field `{where}` content must be a string, got {type(content).__name__}")
     message: Message = {"role": role, "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if isinstance(value.get(key), str) and value[key]:
+                message[key] = value[key]
     if "weight" in value:  # OpenAI fine-tuning: weight 0 keeps an assistant turn out of the loss
         if value["weight"] not in (0, 1):
             raise RowError(f"field `{where}.weight` must be 0 or 1, got {value['weight']!r}")
         message["weight"] = int(value["weight"])
     return message
+
+
+def _calls(value: dict[str, Any], where: str, speaker: str | None, content: Any) -> list[dict[str, Any]]:
+    seed = (where, json.dumps(value, sort_keys=True, default=str))
+    if speaker == "function_call":
+        return normalize_calls(content, f"{where}.value", seed)
+    if value.get("tool_calls"):
+        return normalize_calls(value["tool_calls"], f"{where}.tool_calls", seed)
+    if value.get("function_call"):
+        return normalize_calls(value["function_call"], f"{where}.function_call", seed)
+    return []
 
 
 def as_messages(value: Any, where: str, default_role: str) -> list[Message]:
@@ -131,12 +161,13 @@ def as_messages(value: Any, where: str, default_role: str) -> list[Message]:
 
 
 # ------------------------------------------------------------------------------------------ messages
-def from_messages(row: dict[str, Any], columns: dict[str, str]) -> Record:
+def from_messages(row: dict[str, Any], columns: dict[str, str], tools: bool = True) -> Record:
     field = _column(columns, "messages")
     value = _field(row, columns, "messages")
     if not isinstance(value, list) or not value:
         raise RowError(f"field `{field}` must be a non-empty list of {{role, content}} objects")
-    return {"messages": [parse_message(m, f"{field}[{i}]") for i, m in enumerate(value)]}
+    messages = [parse_message(m, f"{field}[{i}]", tools) for i, m in enumerate(value)]
+    return _with_tools({"messages": messages}, row, columns) if tools else {"messages": messages}
 
 
 def from_sharegpt(row: dict[str, Any], columns: dict[str, str]) -> Record:
@@ -144,11 +175,31 @@ def from_sharegpt(row: dict[str, Any], columns: dict[str, str]) -> Record:
     value = _field(row, columns, "conversations")
     if not isinstance(value, list) or not value:
         raise RowError(f"field `{field}` must be a non-empty list of {{from, value}} objects")
-    messages = [parse_message(m, f"{field}[{i}]") for i, m in enumerate(value)]
+    messages: list[Message] = []
+    for index, item in enumerate(value):
+        message = parse_message(item, f"{field}[{index}]", tools=True)
+        previous = messages[-1] if messages else None
+        if message.get("tool_calls") and previous and previous["role"] == "assistant" and "tool_calls" not in previous:
+            previous["tool_calls"] = message["tool_calls"]  # `gpt` text then its `function_call`: one turn
+            continue
+        messages.append(message)
     system = _text(row, columns, "system", required=False)
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
-    return {"messages": messages}
+    return _with_tools({"messages": messages}, row, columns)
+
+
+def _with_tools(record: Record, row: dict[str, Any], columns: dict[str, str]) -> Record:
+    """Add the row's declared tools (`tools`, or legacy `functions`) and link tool answers to their calls."""
+    absent = _column(columns, "tools") not in row
+    name = "functions" if absent and _column(columns, "functions") in row else "tools"
+    value = _field(row, columns, name, required=False)
+    tools = normalize_tools(value, _column(columns, name)) if value is not None else []
+    link_tool_answers(record["messages"])
+    check_declared(record["messages"], tools, _column(columns, name))
+    if tools:
+        record["tools"] = tools
+    return record
 
 
 def from_alpaca(row: dict[str, Any], columns: dict[str, str]) -> Record:
@@ -234,7 +285,7 @@ def as_label(value: Any, where: str) -> bool:
 def from_unpaired(row: dict[str, Any], columns: dict[str, str]) -> Record:
     label = as_label(_field(row, columns, "label"), _column(columns, "label"))
     if _column(columns, "prompt") not in row and _column(columns, "messages") in row:
-        messages = from_messages(row, columns)["messages"]  # LLaMA-Factory: a conversation + a label
+        messages = from_messages(row, columns, tools=False)["messages"]  # LLaMA-Factory: a conversation + a label
         prompt, completion = messages[:-1], messages[-1:]
     else:
         prompt = as_messages(_field(row, columns, "prompt"), _column(columns, "prompt"), "user")
@@ -365,7 +416,7 @@ def _check_conversation(messages: list[Message]) -> None:
     trained = [m for m in messages if m["role"] == "assistant" and m.get("weight", 1)]
     if not trained:
         raise RowError("the conversation has no assistant message to learn from")
-    if any(not m["content"].strip() for m in trained):
+    if any(not m["content"].strip() and not m.get("tool_calls") for m in trained):
         raise RowError("an assistant message is empty")
 
 

@@ -15,7 +15,7 @@ from llm_finetuning.config.schema import DataConfig, DataSource
 from llm_finetuning.data.cleaning import clean_rows
 from llm_finetuning.data.formats import FORMAT_KIND, Record, RowError, add_system_prompt, to_record
 from llm_finetuning.data.reading import Row, read_rows, read_source, source_fingerprint
-from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, encode
+from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, encode, render_checked
 from llm_finetuning.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -133,11 +133,6 @@ def load_named(source: DataSource, on_error: str, stats: SplitStats, kind: str) 
     return out
 
 
-def load_messages(source: DataSource, on_error: str, stats: SplitStats) -> list[tuple[str, list]]:
-    """Read one source into (row location, messages) pairs for SFT."""
-    return [(where, record["messages"]) for where, record in load_records(source, on_error, stats, "messages")]
-
-
 def split_eval(rows: list, fraction: float, seed: int, stats: dict[str, SplitStats]) -> tuple[list, list]:
     """Hold out a seeded random `fraction` of the rows for evaluation; returns (train, eval)."""
     rows = list(rows)
@@ -149,7 +144,7 @@ def split_eval(rows: list, fraction: float, seed: int, stats: dict[str, SplitSta
 
 
 def tokenize_rows(
-    rows: list[tuple[str, list]],
+    rows: list[tuple[str, Record]],
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     train_on_prompt: bool,
@@ -158,9 +153,9 @@ def tokenize_rows(
 ) -> Dataset:
     input_ids: list[list[int]] = []
     labels: list[list[int]] = []
-    for where, messages in rows:
+    for where, record in rows:
         try:
-            encoded: Encoded = encode(tokenizer, messages, train_on_prompt)
+            encoded: Encoded = encode(tokenizer, record["messages"], train_on_prompt, record.get("tools"))
         except RowError as exc:
             if on_error == "fail":
                 raise DataError(f"{where}: {exc}") from None
@@ -185,7 +180,7 @@ def tokenize_rows(
 def _read_split(sources: list[DataSource], config: DataConfig, stats: SplitStats, prints: dict[str, str]):
     rows = []
     for source in sources:
-        rows.extend(load_messages(source, config.on_error, stats))
+        rows.extend(load_records(source, config.on_error, stats, "messages"))
         prints[source.label] = source_fingerprint(source)
     return rows
 
@@ -263,9 +258,18 @@ def _report(name: str, stats: SplitStats, max_length: int) -> None:
 
 
 def _token_count(tokenizer: PreTrainedTokenizerBase, messages: list, generation_prompt: bool = False) -> int:
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt)
+    text = render_checked(tokenizer, messages, generation_prompt)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _record_lengths(tokenizer: PreTrainedTokenizerBase, record: Record) -> tuple[int, int | None]:
+    """Tokens of the prompt (with the generation prompt) and of the longest prompt + response (None: no
+    response, a prompt-only record); every rendering is checked for lost or merged turns."""
+    prompt = _token_count(tokenizer, record["prompt"], generation_prompt=True)
+    responses = [record[k] for k in ("chosen", "rejected", "completion") if k in record]
+    if not responses:
+        return prompt, None
+    return prompt, max(_token_count(tokenizer, record["prompt"] + r) for r in responses)
 
 
 def fit_lengths(
@@ -274,23 +278,30 @@ def fit_lengths(
     max_length: int,
     stats: SplitStats,
     drop_long: bool,
+    on_error: str = "fail",
 ) -> list[tuple[str, Record]]:
     """Count records longer than `max_length`; drop those whose prompt leaves no room for a response (their
-    loss would be empty or NaN), or every long one when the trainer cannot truncate (`drop_long`)."""
+    loss would be empty or NaN), or every long one when the trainer cannot truncate (`drop_long`). A record the
+    chat template renders incompletely is a bad row (`on_error`)."""
     kept = []
     for where, record in rows:
-        responses = [record[k] for k in ("chosen", "rejected", "completion") if k in record]
-        if not responses:  # prompt_only: the prompt (with the generation prompt) must fit on its own
-            if _token_count(tokenizer, record["prompt"], generation_prompt=True) > max_length:
+        try:
+            prompt, longest = _record_lengths(tokenizer, record)
+        except RowError as exc:
+            if on_error == "fail":
+                raise DataError(f"{where}: {exc}") from None
+            stats.skipped_bad_rows += 1
+            stats.bad_rows.append(f"{where}: {exc}")
+            continue
+        if longest is None:  # prompt_only: the prompt (with the generation prompt) must fit on its own
+            if prompt > max_length:
                 stats.truncated += 1
                 stats.dropped_no_completion_after_truncation += 1
             else:
                 kept.append((where, record))
             continue
-        longest = max(_token_count(tokenizer, record["prompt"] + r) for r in responses)
         if longest > max_length:
             stats.truncated += 1
-            prompt = _token_count(tokenizer, record["prompt"], generation_prompt=True)
             if drop_long or prompt >= max_length:
                 stats.dropped_no_completion_after_truncation += 1
                 continue
@@ -330,9 +341,9 @@ def prepare_records(
     if not train_rows:
         raise DataError("No usable training rows: every row was skipped as malformed. See the log for examples.")
     if tokenizer is not None:
-        train_rows = fit_lengths(train_rows, tokenizer, config.max_length, stats["train"], drop_long)
+        train_rows = fit_lengths(train_rows, tokenizer, config.max_length, stats["train"], drop_long, config.on_error)
         if "eval" in stats:
-            eval_rows = fit_lengths(eval_rows, tokenizer, config.max_length, stats["eval"], drop_long)
+            eval_rows = fit_lengths(eval_rows, tokenizer, config.max_length, stats["eval"], drop_long, config.on_error)
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
         if name in stats:
             stats[name].examples = len(rows)

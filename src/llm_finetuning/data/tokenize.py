@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from llm_finetuning.data.formats import Message, RowError
+from llm_finetuning.data.render_check import check_rendering, message_fragments
+from llm_finetuning.data.templates import template_name
 
 IGNORE_INDEX = -100
 
@@ -27,46 +29,81 @@ class Encoded:
     text: str
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], generation_prompt: bool) -> str:
+TEMPLATE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
+
+def template_messages(messages: list[Message]) -> list[Message]:
+    """The messages as chat templates take them: without the keys only llmft reads (`weight`)."""
+    return [{key: m[key] for key in TEMPLATE_KEYS if key in m} for m in messages]
+
+
+def render(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    generation_prompt: bool,
+    tools: list[dict] | None = None,
+) -> str:
+    """The chat template's text for `messages` (and the declared `tools`); a template error is a `RowError`."""
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(
+            template_messages(messages), tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt
+        )
     except Exception as exc:  # jinja raises its own errors (e.g. "roles must alternate")
         raise RowError(f"the chat template rejects this conversation: {exc}") from None
 
 
-def completion_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character spans (assistant content + closing EOS) that carry loss."""
+def render_checked(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    generation_prompt: bool = False,
+    tools: list[dict] | None = None,
+) -> str:
+    """`render`, refusing a text that lost or merged part of the conversation (data/render_check.py)."""
+    text = render(tokenizer, messages, generation_prompt, tools)
+    check_rendering(text, messages, tools, template_name(tokenizer))
+    return text
+
+
+def _call_end(through: str, message: Message, start: int) -> int:
+    """Where the last call of an assistant turn ends: after the last of its names and argument values."""
+    position = start
+    for _, value in message_fragments(message):
+        forms = [value] if isinstance(value, str) else []
+        at = next((through.find(f, position) for f in forms if through.find(f, position) >= 0), -1)
+        if at < 0:  # a non-string leaf or an escaped form: the check has already proven it is there
+            continue
+        position = at + len(value)
+    return position
+
+
+def completion_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: list[dict] | None = None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans (assistant content and calls + closing EOS) that carry loss."""
     eos = tokenizer.eos_token
     if not eos:
         raise RowError("the tokenizer has no EOS token; set one so the model can learn to stop")
     trained = [m["role"] == "assistant" and m.get("weight", 1) == 1 for m in messages]
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]  # templates see plain messages
-    full = _render(tokenizer, messages, generation_prompt=False)
+    full = render_checked(tokenizer, messages, tools=tools)
     spans: list[tuple[int, int]] = []
     inserts: list[int] = []  # where a missing EOS goes, in `full` coordinates
     for turn, message in enumerate(messages):
         if not trained[turn]:  # user, system and tool turns, and assistant turns with weight 0
             continue
-        before = _render(tokenizer, messages[:turn], generation_prompt=True) if turn else ""
+        before = render(tokenizer, messages[:turn], True, tools) if turn else ""
         last = turn == len(messages) - 1
-        through = full if last else _render(tokenizer, messages[: turn + 1], generation_prompt=False)
+        through = full if last else render(tokenizer, messages[: turn + 1], False, tools)
         if not through.startswith(before) or not full.startswith(through):
             raise RowError(
                 "the chat template does not render conversations incrementally (a turn changes the text before "
                 "it), so the completion cannot be located; use `data.chat_template` to pick another template"
             )
-        content = message["content"]
-        found = through.find(content, len(before))
-        if found < 0:
-            content = content.strip()
-            found = through.find(content, len(before))
-        if found < 0:
-            raise RowError("the chat template changes the assistant's text, so the completion cannot be located")
-        end = found + len(content)
-        closing = through.find(eos, end)
-        if closing >= 0 and not through[end:closing].strip():
-            end = closing + len(eos)
+        if message.get("tool_calls"):
+            found, end = _call_span(through, message, len(before), eos)
         else:
+            found, end = _content_span(through, message["content"], len(before), eos)
+        if end < 0:
+            end = -end
             inserts.append(end)
         spans.append((found, end))
     for offset, point in enumerate(inserts):
@@ -75,6 +112,34 @@ def completion_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
         full = full[:point] + eos + full[point:]
         spans = [(s + len(eos) if s >= point else s, e + len(eos) if e >= point else e) for s, e in spans]
     return full, spans
+
+
+def _content_span(through: str, content: str, start: int, eos: str) -> tuple[int, int]:
+    """The assistant text from `start` on, with the EOS that closes it; a negative end: EOS is missing there."""
+    found = through.find(content, start)
+    if found < 0:
+        content = content.strip()
+        found = through.find(content, start)
+    if found < 0:
+        raise RowError("the chat template changes the assistant's text, so the completion cannot be located")
+    end = found + len(content)
+    closing = through.find(eos, end)
+    if closing >= 0 and not through[end:closing].strip():
+        return found, closing + len(eos)
+    return found, -end
+
+
+def _call_span(through: str, message: Message, start: int, eos: str) -> tuple[int, int]:
+    """A calling turn: its text (if any) and all of its calls, markup included, through the closing EOS."""
+    if message["content"].strip():
+        found = through.find(message["content"].strip(), start)
+    else:  # the call's own opening markup (`<tool_call>`, `[TOOL_CALLS]`) is part of what the model must say
+        found = start + len(through[start:]) - len(through[start:].lstrip())
+    end = _call_end(through, message, max(found, start))
+    closing = through.find(eos, end)
+    if closing >= 0:
+        return found, closing + len(eos)
+    return found, -len(through.rstrip())
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -89,9 +154,14 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int],
     return encoding["input_ids"], encoding["offset_mapping"]
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, messages: list[Message], train_on_prompt: bool = False) -> Encoded:
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    train_on_prompt: bool = False,
+    tools: list[dict] | None = None,
+) -> Encoded:
     """Tokenize a conversation; labels are the token ids inside completion spans and `IGNORE_INDEX` elsewhere."""
-    text, spans = completion_spans(tokenizer, messages)
+    text, spans = completion_spans(tokenizer, messages, tools)
     ids, offsets = _tokenize(tokenizer, text)
     if train_on_prompt:
         return Encoded(ids, list(ids), text)
