@@ -307,10 +307,13 @@ def test_supervised_rows_keep_weight_0_and_feed_the_messages_format(tmp_path):
         to_record(row, "messages", {})
 
 
-def test_tool_examples_refuse_to_convert_naming_the_line(tmp_path):
+def test_tool_examples_keep_their_tools_and_calls(tmp_path):
     path = write(tmp_path, [chat(w) for w in WORDS] + [tool_chat()])
-    with pytest.raises(UserError, match=r"line 11: .*tool calls is not supported yet"):
-        list(to_llmft_rows(path, "supervised"))
+    record = to_record(list(to_llmft_rows(path, "supervised"))[-1], "messages", {})
+    assert [t["function"]["name"] for t in record["tools"]] == ["spell"]
+    call = record["messages"][2]["tool_calls"][0]
+    assert call == {"id": "call_1", "type": "function", "function": {"name": "spell", "arguments": {"word": "golf"}}}
+    assert record["messages"][3] == {"role": "tool", "content": "G O L F", "tool_call_id": "call_1", "name": "spell"}
 
 
 # --------------------------------------------------------------------------------------------- tokens

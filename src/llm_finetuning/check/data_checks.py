@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llm_finetuning.check.report import CheckReport, SourceSample
 from llm_finetuning.config.schema import Config, DataSource
-from llm_finetuning.data.pipeline import SplitStats, load_records
+from llm_finetuning.data.pipeline import SplitStats, load_records, record_lengths
 from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, RowError, encode
 from llm_finetuning.errors import DataError, UserError
 
@@ -65,6 +65,7 @@ def sample_sources(
         except UserError as exc:
             report.add("error", f"data.{split} {source.label}", str(exc))
             continue
+        loaded = _measure(config, tokenizer, loaded, sample, report)
         if sample.bad_rows:
             level = "error" if config.data.on_error == "fail" else "warning"
             what = "training would stop at the first" if level == "error" else "they will be skipped and counted"
@@ -78,7 +79,6 @@ def sample_sources(
         located[split].extend(loaded)
         if source.head is not None:
             located.setdefault(f"head:{source.head}", []).extend(loaded)
-        _measure(config, tokenizer, [r for _, r in loaded], sample, report)
     _check_encoder_rows(config, located, report)
     _check_kto_balance(config, records["train"], report)
     _check_overlap(records, report)
@@ -114,33 +114,40 @@ def _read(source: DataSource, kind: str, rows: int, sample: SourceSample) -> lis
 
 
 def _measure(
-    config: Config, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, Any]], sample: SourceSample, report
-) -> None:
+    config: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    loaded: list[tuple[str, dict[str, Any]]],
+    sample: SourceSample,
+    report,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Tokenize the sampled rows as training would; a row the chat template renders incompletely (or that
+    cannot be encoded) is a bad row, not a usable one. Returns the usable rows."""
     where = f"data.{sample.split} {sample.label}"
-    if "messages" in (records[0] if records else {}):
-        train_on_prompt = getattr(config.method, "train_on_prompt", False)
-        missing_eos = 0
-        for record in records:
-            try:
-                encoded = encode(tokenizer, record["messages"], train_on_prompt)
-            except RowError as exc:
-                sample.bad_rows.append(str(exc))
-                continue
-            sample.lengths.append(len(encoded.input_ids))
-            if len(sample.examples) < PREVIEW:
-                sample.examples.append(encoded)
-            missing_eos += not _completions_end_with_eos(encoded, tokenizer.eos_token_id)
-        if missing_eos:
-            report.add(
-                "error",
-                where,
-                f"{missing_eos} sampled examples have a completion that does not end with the EOS token "
-                f"{tokenizer.eos_token!r}: the model would not learn to stop. Use a chat template that closes "
-                "assistant turns with EOS (or a built-in one: `data.chat_template: chatml`).",
-            )
-    else:
-        for record in records:
-            sample.lengths.append(_record_length(tokenizer, record))
+    kept = []
+    missing_eos = 0
+    train_on_prompt = getattr(config.method, "train_on_prompt", False)
+    for location, record in loaded:
+        try:
+            if "messages" in record:
+                encoded = encode(tokenizer, record["messages"], train_on_prompt, record.get("tools"))
+                sample.lengths.append(len(encoded.input_ids))
+                if len(sample.examples) < PREVIEW:
+                    sample.examples.append(encoded)
+                missing_eos += not _completions_end_with_eos(encoded, tokenizer.eos_token_id)
+            else:
+                sample.lengths.append(_record_length(tokenizer, record))
+        except RowError as exc:
+            sample.bad_rows.append(f"{location}: {exc}")
+            continue
+        kept.append((location, record))
+    if missing_eos:
+        report.add(
+            "error",
+            where,
+            f"{missing_eos} sampled examples have a completion that does not end with the EOS token "
+            f"{tokenizer.eos_token!r}: the model would not learn to stop. Use a chat template that closes "
+            "assistant turns with EOS (or a built-in one: `data.chat_template: chatml`).",
+        )
     if sample.lengths and config.method.name != "pretrain":  # pretraining cuts every document into blocks
         limit = report.max_length
         over = sum(length > limit for length in sample.lengths)
@@ -153,6 +160,7 @@ def _measure(
                 f"the limit of {limit} tokens (longest {max(sample.lengths)}) and will be cut or dropped. Raise "
                 "`data.max_length` (GRPO: `method.max_prompt_length`) to keep them.",
             )
+    return kept
 
 
 def _completions_end_with_eos(encoded: Encoded, eos: int) -> bool:
@@ -209,13 +217,8 @@ def _record_length(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any]) -
         return len(tokenizer(record["text"], pair, add_special_tokens=False)["input_ids"])
     if "text" in record:
         return len(tokenizer(record["text"], add_special_tokens=False)["input_ids"])
-    responses = [record[k] for k in ("chosen", "rejected", "completion") if k in record] or [[]]
-    lengths = []
-    for response in responses:
-        messages = [{"role": m["role"], "content": m["content"]} for m in record["prompt"] + response]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not response)
-        lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return max(lengths)
+    prompt, longest = record_lengths(tokenizer, record)
+    return prompt if longest is None else longest
 
 
 def _check_kto_balance(config: Config, records: list[dict[str, Any]], report: CheckReport) -> None:

@@ -56,10 +56,13 @@ def inspect(
         for low, high, count in buckets:
             table.add_row(f"{low}-{high}", str(count), "#" * round(30 * count / peak))
         console.print(table)
-        mean_trained = sum(report.trained_tokens) / len(report.trained_tokens)
+        trained = (
+            f"; mean trained (loss) tokens {sum(report.trained_tokens) / len(report.trained_tokens):.0f}"
+            if report.trained_tokens
+            else ""
+        )
         console.print(
-            f"max {max(report.lengths)} tokens, mean {sum(report.lengths) / len(report.lengths):.0f}; "
-            f"mean trained (loss) tokens {mean_trained:.0f}"
+            f"max {max(report.lengths)} tokens, mean {sum(report.lengths) / len(report.lengths):.0f}{trained}"
         )
     if report.example is not None:
         console.print("\nexample ([green]green[/] tokens carry loss):")

@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 from llm_finetuning.config.schema import DataSource
 from llm_finetuning.data.convert import detect_format
 from llm_finetuning.data.formats import FORMAT_KIND
-from llm_finetuning.data.pipeline import SplitStats, load_records
+from llm_finetuning.data.pipeline import SplitStats, load_records, record_lengths
 from llm_finetuning.data.reading import Row, read_rows
 from llm_finetuning.data.tokenize import IGNORE_INDEX, Encoded, RowError, encode
 from llm_finetuning.errors import DataError
@@ -59,14 +59,18 @@ def inspect_source(
     stats = SplitStats()
     records = load_records(source, "skip", stats, kind)
     report = Inspection(source, fmt, kind, stats)
-    if tokenizer is None or kind != "messages":
+    if tokenizer is None or kind not in ("messages", "preference", "unpaired", "prompt_only"):
         return report
-    for _, record in records:
+    for where, record in records:
         try:
-            encoded = encode(tokenizer, record["messages"])
+            if kind != "messages":  # rendered by the trainer: check the rendering loses nothing, and measure it
+                prompt, longest = record_lengths(tokenizer, record)
+                report.lengths.append(prompt if longest is None else longest)
+                continue
+            encoded = encode(tokenizer, record["messages"], tools=record.get("tools"))
         except RowError as exc:
             stats.skipped_bad_rows += 1
-            stats.bad_rows.append(str(exc))
+            stats.bad_rows.append(f"{where}: {exc}")
             continue
         report.lengths.append(len(encoded.input_ids))
         report.trained_tokens.append(sum(label != IGNORE_INDEX for label in encoded.labels))

@@ -573,6 +573,9 @@ def _llmft_message(message: dict[str, Any], keep_weight: bool = True) -> dict[st
     }
     if keep_weight and message.get("weight", 1) == 0:  # weight 1 is the project's default
         out["weight"] = 0
+    for key in ("tool_calls", "function_call", "tool_call_id", "name"):  # the `messages` format reads them
+        if message.get(key) is not None:
+            out[key] = message[key]
     return out
 
 
@@ -585,7 +588,8 @@ def _has_tools(row: dict[str, Any], messages: list[dict[str, Any]]) -> bool:
 def to_llmft_rows(path: str | Path, method: str) -> Iterator[dict[str, Any]]:
     """Rows of the project's `messages` (supervised) or `preference` (dpo) format from a validated file.
 
-    Raises `UserError` at the first example with tools or tool calls: llmft does not train on them yet.
+    Supervised examples keep their tools and tool calls (the `messages` format reads OpenAI's shapes); a DPO
+    example with tools raises `UserError`, since preference pairs carry no tools.
     """
     _check_method(method)
     for number, raw in enumerate(_open_lines(path), start=1):
@@ -596,17 +600,18 @@ def to_llmft_rows(path: str | Path, method: str) -> Iterator[dict[str, Any]]:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}); validate the file first") from None
-        source = row if method == "supervised" else row["input"]
+        if method == "supervised":
+            declared = {key: row[key] for key in ("tools", "functions") if row.get(key)}
+            yield {"messages": [_llmft_message(m) for m in row["messages"]], **declared}
+            continue
+        source = row["input"]
         if _has_tools(source, source["messages"]):
             raise UserError(
-                f"{path}, line {number}: the example has tools or tool calls; training on tool calls is not "
-                "supported yet, so remove such examples or write the calls as message text"
+                f"{path}, line {number}: the DPO example has tools or tool calls; preference pairs carry no tools, "
+                "so remove such examples or write the calls as message text"
             )
-        if method == "supervised":
-            yield {"messages": [_llmft_message(m) for m in row["messages"]]}
-        else:
-            yield {
-                "prompt": [_llmft_message(m, keep_weight=False) for m in source["messages"]],
-                "chosen": [_llmft_message(row["preferred_output"][0], keep_weight=False)],
-                "rejected": [_llmft_message(row["non_preferred_output"][0], keep_weight=False)],
-            }
+        yield {
+            "prompt": [_llmft_message(m, keep_weight=False) for m in source["messages"]],
+            "chosen": [_llmft_message(row["preferred_output"][0], keep_weight=False)],
+            "rejected": [_llmft_message(row["non_preferred_output"][0], keep_weight=False)],
+        }

@@ -262,7 +262,7 @@ def _token_count(tokenizer: PreTrainedTokenizerBase, messages: list, generation_
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _record_lengths(tokenizer: PreTrainedTokenizerBase, record: Record) -> tuple[int, int | None]:
+def record_lengths(tokenizer: PreTrainedTokenizerBase, record: Record) -> tuple[int, int | None]:
     """Tokens of the prompt (with the generation prompt) and of the longest prompt + response (None: no
     response, a prompt-only record); every rendering is checked for lost or merged turns."""
     prompt = _token_count(tokenizer, record["prompt"], generation_prompt=True)
@@ -286,7 +286,7 @@ def fit_lengths(
     kept = []
     for where, record in rows:
         try:
-            prompt, longest = _record_lengths(tokenizer, record)
+            prompt, longest = record_lengths(tokenizer, record)
         except RowError as exc:
             if on_error == "fail":
                 raise DataError(f"{where}: {exc}") from None

@@ -126,7 +126,7 @@ def check_declared(messages: list[dict[str, Any]], tools: list[Tool], where: str
     if not tools:
         return
     names = {tool["function"]["name"] for tool in tools}
-    for turn, message in enumerate(messages):
+    for turn, message in enumerate(messages, start=1):
         for call in message.get("tool_calls") or ():
             name = call["function"]["name"]
             if name not in names:

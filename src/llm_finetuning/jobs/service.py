@@ -206,14 +206,34 @@ class Service:
         if not report.ok:
             raise ApiError(HTTPStatus.BAD_REQUEST, _problems(file_id, report), param, "invalid_file_format")
         if report.has_tools:
-            raise ApiError(
-                HTTPStatus.BAD_REQUEST,
-                f"file {file_id} has tools or tool calls; this server does not train on tool calls yet",
-                param,
-                "unsupported_file",
-            )
+            self._check_tool_support(file_id, param, kind, base)
         row.values["examples"] = report.examples
         return row
+
+    def _check_tool_support(self, file_id: str, param: str, kind: str, base: BaseModel) -> None:
+        """Tool calls train with supervised jobs on a chat template that writes them."""
+        from llm_finetuning.data.templates import BUILTIN_TEMPLATES, TOOL_TEMPLATES
+        from llm_finetuning.data.tool_parsers import format_for_template
+
+        why = None
+        if kind != "supervised":
+            why = "preference pairs carry no tools; only supervised jobs train on tool calls"
+        else:
+            chosen = (self.template.get("data") or {}).get("chat_template")
+            builtin = BUILTIN_TEMPLATES.get(chosen) if isinstance(chosen, str) else None
+            if builtin is not None:
+                writes_calls = builtin.tool_format is not None
+            else:
+                writes_calls = format_for_template(chosen or self._tokenizer(base).chat_template) is not None
+            if not writes_calls:
+                why = (
+                    f"the chat template of base model {base.id} does not write tool calls; the server's job "
+                    f"template needs `data.chat_template` set to one of {', '.join(TOOL_TEMPLATES)}"
+                )
+        if why:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, f"file {file_id} has tools or tool calls: {why}", param, "unsupported_file"
+            )
 
     def _tokenizer(self, base: BaseModel) -> Any:
         with self._lock:
