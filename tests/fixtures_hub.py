@@ -137,6 +137,10 @@ def _webgpt(i: int, question: str, answer: str) -> dict[str, Any]:
 
 def hub_rows(name: str) -> list[dict[str, Any]]:
     """Eight rows of the named dataset in its hub layout."""
+    if name == "glaive_toolcall":
+        from tests.tool_fixtures import sharegpt_rows
+
+        return sharegpt_rows(2)
     rows: list[dict[str, Any]] = []
     for i, (question, answer, aliases) in enumerate(FACTS):
         if name == "triviaqa":

@@ -208,3 +208,17 @@ def test_gpu_only_kernels_and_backends_that_cannot_run_here_are_errors(tmp_path,
     assert [f for f in findings(unsloth, "error") if f.startswith("model.backend") and "unsloth" in f]
     plain = run_checks(config(tmp_path, write_jsonl(qa_rows)))
     assert not [f for f in findings(plain, "error") if f.startswith(("model.backend", "training.liger_kernel"))]
+
+
+def test_rows_the_chat_template_loses_are_bad_rows_not_usable(tmp_path):
+    from tests.tool_fixtures import sharegpt_rows, tool_config, write_rows
+
+    data = write_rows(tmp_path / "tools.jsonl", sharegpt_rows(2))
+    raw = tool_config(data, tmp_path / "run")
+    raw["model"]["tokenizer"] = str(shared("tokenizers/qwen2"))
+    del raw["data"]["chat_template"]  # Qwen2's shipped template: no tool turns, no tools, no calls
+    report = run_checks(Config.model_validate(raw))
+    errors = findings(report, "error")
+    assert any("8 of 8 sampled rows are malformed" in f and "tools.jsonl:1: turn " in f for f in errors), errors
+    raw["data"]["chat_template"] = "hermes"
+    assert not findings(run_checks(Config.model_validate(raw)), "error")

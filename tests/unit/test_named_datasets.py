@@ -37,7 +37,7 @@ QA_DATASETS = [
     "bioasq",
     "pubmedqa",
 ]
-ALL_DATASETS = [*QA_DATASETS, "ultrafeedback", "webgpt", "kto_mix", "alpaca", "hh_rlhf"]
+ALL_DATASETS = [*QA_DATASETS, "ultrafeedback", "webgpt", "kto_mix", "alpaca", "hh_rlhf", "glaive_toolcall"]
 DATASETS = registry()
 
 

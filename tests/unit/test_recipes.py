@@ -54,6 +54,7 @@ SFT_ADAPTER = {
     "p_tuning": "p_tuning",
     "prefix_tuning": "prefix",
     "dp_lora": "lora",
+    "tool_calling": "lora",
 }
 # Record kind each method trains on (what a named dataset must be able to give).
 METHOD_KIND = {"sft": "messages", "grpo": "prompt_only", "ppo": "prompt_only", "kto": "unpaired"}

@@ -126,6 +126,15 @@ def test_sharegpt_text_then_function_call_is_one_turn_and_parallel_calls_are_kep
     assert [m["tool_call_id"] for m in messages[2:4]] == ids
 
 
+def test_the_named_glaive_dataset_reads_the_sharegpt_function_calling_layout():
+    from llm_finetuning.data.datasets import registry
+
+    row = sharegpt_rows(1)[0]
+    record = registry()["glaive_toolcall"].converters["messages"](row)
+    assert record == to_record(row, "sharegpt", {}) and record["tools"] == TOOLS
+    assert [m["role"] for m in record["messages"]] == ["user", "assistant", "tool", "assistant"]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

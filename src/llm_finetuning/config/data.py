@@ -114,8 +114,11 @@ class DataConfig(Section):
     `flash_attention_2`); batches are padded otherwise, and with a batch of one, prompt-learning adapters, pretraining
     blocks or a 4/8-bit base on CPU."""
     chat_template: str | None = None
-    """Prompt template: unset uses the tokenizer's chat template; a built-in name (`chatml`, `alpaca`) or a Jinja
-    template string replaces it. A tokenizer without a template needs one of these."""
+    """Prompt template: unset uses the tokenizer's chat template; a built-in name or a Jinja template string replaces
+    it. Built-ins: `chatml`, `alpaca`, and the tool-calling layouts `hermes` (Qwen2.5 `<tool_call>` tags),
+    `llama3.1` (JSON calls, `ipython` results) and `mistral` (`[TOOL_CALLS]`). A tokenizer without a template needs
+    one of these. Every row's rendering is checked: a template that drops or merges a turn, a call or a declared
+    tool makes that row a bad row (see `on_error`)."""
     clean: CleanConfig | None = None
     """Clean the training rows before training: exact and near-duplicate removal, quality filters, PII
     redaction, decontamination against the eval data. Unset: no cleaning. The run writes `clean_report.json`."""
