@@ -20,7 +20,6 @@ from llm_finetuning.data.openai_rules import (
     validate_openai_file,
     validate_openai_lines,
 )
-from llm_finetuning.errors import UserError
 from tests.conftest import shared
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
