@@ -352,3 +352,22 @@ def test_template_detection_on_shipped_and_plain_templates():
     assert format_for_template(tokenizer_for("mistral-7b-v0.3").chat_template) is FORMATS["mistral"]
     assert format_for_template(tokenizer_for("qwen2").chat_template) is None
     assert format_for_template(BUILTIN_TEMPLATES["chatml"].jinja) is None
+
+
+# ----------------------------------------------------------------------------------------------- convert
+def test_converting_between_sharegpt_and_messages_keeps_tools_and_calls():
+    from llm_finetuning.data.convert import from_record
+
+    calls = [{"name": "get_weather", "arguments": {"city": c}} for c in ("Oslo", "Lima")]
+    row = sharegpt_rows(1)[0]
+    row["conversations"][1:2] = [
+        {"from": "gpt", "value": "Checking."},
+        {"from": "function_call", "value": json.dumps(calls)},
+    ]
+    record = to_record(row, "sharegpt", {})
+    as_messages = from_record(record, "messages")
+    assert as_messages["messages"][1]["tool_calls"][1]["function"]["arguments"] == '{"city": "Lima"}'  # OpenAI
+    assert to_record(as_messages, "messages", {}) == record
+    assert to_record(from_record(record, "sharegpt"), "sharegpt", {}) == record
+    with pytest.raises(RowError, match="format `alpaca` has no place for tools"):
+        from_record(record, "alpaca")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_finetuning.data.formats import FORMAT_KIND, Message, Record, RowError
+from llm_finetuning.data.tool_calls import arguments_json
 from llm_finetuning.errors import DataError
 
 # Keys that identify a format, most specific first.
@@ -33,8 +34,44 @@ def detect_format(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _plain(messages: list[Message]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in m.items() if k in ("role", "content", "weight")} for m in messages]
+def _openai_message(message: Message) -> dict[str, Any]:
+    """A message in OpenAI's shape: call arguments as JSON strings, a calling turn without text has null content."""
+    out = {k: v for k, v in message.items() if k in ("role", "content", "weight", "tool_call_id", "name")}
+    if message.get("tool_calls"):
+        out["content"] = message["content"] or None
+        out["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": arguments_json(call)}}
+            for call in message["tool_calls"]
+        ]
+    return out
+
+
+def _sharegpt_turns(message: Message) -> list[dict[str, str]]:
+    speakers = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
+    turns = (
+        [{"from": speakers[message["role"]], "value": message["content"]}]
+        if message["content"] or not message.get("tool_calls")
+        else []
+    )
+    calls = [
+        {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+        for c in message.get("tool_calls") or ()
+    ]
+    if calls:
+        turns.append(
+            {"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)}
+        )
+    return turns
+
+
+def _plain_tools(tools: list[dict[str, Any]]) -> str:
+    """ShareGPT function-calling files hold the bare function definitions as JSON text."""
+    return json.dumps([tool["function"] for tool in tools], ensure_ascii=False)
+
+
+def _refuse_tools(record: Record, target: str) -> None:
+    if record.get("tools") or any(m.get("tool_calls") or m["role"] == "tool" for m in record["messages"]):
+        raise RowError(f"format `{target}` has no place for tools or tool turns; convert to `messages` or `sharegpt`")
 
 
 def _single_turn(messages: list[Message], target: str) -> tuple[str | None, str, str]:
@@ -49,11 +86,13 @@ def from_record(record: Record, target: str) -> dict[str, Any]:
     """A row of format `target` holding the record (of a kind `target` can represent)."""
     if "messages" in record:
         messages = record["messages"]
+        tools = {"tools": record["tools"]} if record.get("tools") else {}
         if target == "messages":
-            return {"messages": _plain(messages)}
+            return {"messages": [_openai_message(m) for m in messages], **tools}
         if target == "sharegpt":
-            speakers = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
-            return {"conversations": [{"from": speakers[m["role"]], "value": m["content"]} for m in messages]}
+            row = {"conversations": [turn for m in messages for turn in _sharegpt_turns(m)]}
+            return {**row, "tools": _plain_tools(tools["tools"])} if tools else row
+        _refuse_tools(record, target)
         if target == "prompt_completion":
             system, prompt, answer = _single_turn(messages, target)
             prompt_messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -78,7 +117,8 @@ def from_record(record: Record, target: str) -> dict[str, Any]:
             return row
     elif target in ("preference", "unpaired", "prompt_only", "text"):
         return {
-            k: (_plain(v) if isinstance(v, list) and v and isinstance(v[0], dict) else v) for k, v in record.items()
+            k: ([_openai_message(m) for m in v] if isinstance(v, list) and v and isinstance(v[0], dict) else v)
+            for k, v in record.items()
         }
     raise RowError(f"a {_kind(record)} record cannot be written as format `{target}`")
 
