@@ -222,6 +222,14 @@ def test_preference_rows_the_template_loses_are_bad_rows(tmp_path):
     assert len(prepare_records(config, "preference", 0, tokenizer_for("qwen2", "chatml")).train) == 3
 
 
+def test_prompt_rows_are_render_checked_even_when_lengths_are_not_fitted(tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": "Q"}, {"role": "tool", "content": f"r{i}"}]} for i in range(2)]
+    config = DataConfig(train=[DataSource(path=str(write_rows(tmp_path / "p.jsonl", rows)), format="prompt_only")])
+    with pytest.raises(DataError, match=r"p.jsonl:1: turn 2 of 2 \(tool: 'r0'\) is missing its content"):
+        prepare_records(config, "prompt_only", 0, tokenizer_for("qwen2"), fit=False)  # PPO's path
+    assert len(prepare_records(config, "prompt_only", 0, tokenizer_for("qwen2", "chatml"), fit=False).train) == 2
+
+
 # ------------------------------------------------------------------------------------ masks, real tokenizers
 @pytest.mark.parametrize(
     ("name", "template", "call", "answer"),

@@ -275,14 +275,14 @@ def record_lengths(tokenizer: PreTrainedTokenizerBase, record: Record) -> tuple[
 def fit_lengths(
     rows: list[tuple[str, Record]],
     tokenizer: PreTrainedTokenizerBase,
-    max_length: int,
+    max_length: int | None,
     stats: SplitStats,
     drop_long: bool,
     on_error: str = "fail",
 ) -> list[tuple[str, Record]]:
     """Count records longer than `max_length`; drop those whose prompt leaves no room for a response (their
     loss would be empty or NaN), or every long one when the trainer cannot truncate (`drop_long`). A record the
-    chat template renders incompletely is a bad row (`on_error`)."""
+    chat template renders incompletely is a bad row (`on_error`). `max_length` None: only that check."""
     kept = []
     for where, record in rows:
         try:
@@ -292,6 +292,9 @@ def fit_lengths(
                 raise DataError(f"{where}: {exc}") from None
             stats.skipped_bad_rows += 1
             stats.bad_rows.append(f"{where}: {exc}")
+            continue
+        if max_length is None:
+            kept.append((where, record))
             continue
         if longest is None:  # prompt_only: the prompt (with the generation prompt) must fit on its own
             if prompt > max_length:
@@ -315,10 +318,11 @@ def prepare_records(
     seed: int,
     tokenizer: PreTrainedTokenizerBase | None = None,
     drop_long: bool = False,
+    fit: bool = True,
 ) -> PreparedData:
     """Read, validate, clean and split records of one kind, untokenized (preference methods tokenize them
-    with the chat template inside TRL's trainers); with a tokenizer, over-long records are counted and those
-    that cannot train are dropped (see `fit_lengths`)."""
+    with the chat template inside TRL's trainers); with a tokenizer, every rendering is checked for lost turns
+    and, with `fit`, over-long records are counted and those that cannot train are dropped (see `fit_lengths`)."""
     stats = {"train": SplitStats()}
     prints: dict[str, str] = {}
 
@@ -341,14 +345,17 @@ def prepare_records(
     if not train_rows:
         raise DataError("No usable training rows: every row was skipped as malformed. See the log for examples.")
     if tokenizer is not None:
-        train_rows = fit_lengths(train_rows, tokenizer, config.max_length, stats["train"], drop_long, config.on_error)
+        limit = config.max_length if fit else None
+        train_rows = fit_lengths(train_rows, tokenizer, limit, stats["train"], drop_long, config.on_error)
         if "eval" in stats:
-            eval_rows = fit_lengths(eval_rows, tokenizer, config.max_length, stats["eval"], drop_long, config.on_error)
+            eval_rows = fit_lengths(eval_rows, tokenizer, limit, stats["eval"], drop_long, config.on_error)
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
         if name in stats:
             stats[name].examples = len(rows)
             _report(name, stats[name], config.max_length)
     if not train_rows:
+        if not fit:
+            raise DataError("No usable training rows: every row was skipped as malformed. See the log for examples.")
         raise DataError(
             f"No training example fits `data.max_length` ({config.max_length}): every prompt fills it"
             f"{' or the pair is longer' if drop_long else ''}. Raise `data.max_length`."

@@ -38,7 +38,8 @@ from llm_finetuning.runs.signals import GracefulStop
 
 
 def prepare(config: Config, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    return prepare_records(config.data, "prompt_only", config.training.seed)
+    # PPO cuts long prompts itself: the tokenizer only checks that the template renders every turn.
+    return prepare_records(config.data, "prompt_only", config.training.seed, tokenizer, fit=False)
 
 
 def reward_function(config: Config) -> Any:
