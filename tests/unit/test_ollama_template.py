@@ -242,3 +242,14 @@ def test_irregular_templates_are_refused_with_what_to_do(template: str, reason: 
     with pytest.raises(UserError, match="cannot be expressed as an Ollama template") as error:
         ollama_chat(tok, runtime_adds_bos=False)
     assert reason in str(error.value) and "--format gguf" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["hermes", "llama3.1", "mistral"])
+def test_tool_templates_export_plain_chat_and_say_tools_are_left_out(name: str) -> None:
+    from llm_finetuning.models.loading import prepare_tokenizer
+
+    tokenizer = build_tokenizer()
+    prepare_tokenizer(tokenizer, name)
+    chat = ollama_chat(tokenizer, runtime_adds_bos=False)
+    assert chat.probes > 0  # the plain-chat probes render exactly as training did
+    assert any("declares tools and writes tool calls" in note for note in chat.notes)

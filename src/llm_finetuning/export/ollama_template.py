@@ -386,6 +386,13 @@ def ollama_chat(tokenizer: PreTrainedTokenizerBase, runtime_adds_bos: bool) -> O
             "cannot, so Ollama keeps it (prompts match training for contents that do not start or end with "
             "white space)"
         )
+    from llm_finetuning.data.tool_parsers import format_for_template
+
+    if format_for_template(tokenizer.chat_template) is not None:
+        notes.append(
+            "the training template declares tools and writes tool calls; the Ollama template covers plain chat only "
+            "(no `.Tools` or tool calls), so serve tool calling with `llmft serve` or llama.cpp's Jinja template"
+        )
     template = go_chat_template(layout)
     probes = verify(tokenizer, template, bos_removed, layout.trimmed)
     return OllamaChat(template, stop_sequences(tokenizer, layout), tuple(notes), probes)
