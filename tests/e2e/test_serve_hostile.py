@@ -127,7 +127,7 @@ CASES = [
     ("no API key", COMPLETIONS, completion(), {"Content-Type": "application/json"}, 401, "API key"),
     ("GET on a POST route", CHAT, b"", None, 405, "no route GET"),
     ("an unknown route", "/v1/engines/davinci", b"{}", None, 404, "no route POST /v1/engines/davinci"),
-    ("a tool call", CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}]), None, 400, "plain chat"),
+    ("a tool call", CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}]), None, 400, "no tool support"),
     ("an image part", CHAT, chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), None, 400, ""),
 ]
 

@@ -82,8 +82,8 @@ def test_a_json_body_with_a_charset_parses():
         ({"logit_bias": {"1": 5}}, "logit_bias", "`logit_bias` is not supported"),
         ({"logprobs": True}, "logprobs", "log-probabilities are not returned"),
         ({"seed": 3}, "seed", "use temperature 0 for repeatable output"),
-        ({"tools": [{"type": "function"}]}, "tools", "serves plain chat"),
-        ({"tool_choice": "auto"}, "tool_choice", "no tools are served"),
+        ({"tools": [{"type": "function"}]}, "tools[0]", "only function tools are supported"),
+        ({"tool_choice": "required"}, "tool_choice", "no `tools` are given"),
         ({"response_format": {"type": "json_object"}}, "response_format", "beyond {'type': 'text'}"),
         ({"user": 5}, "user", "`user` must be a string"),
         ({"messages": []}, "messages", "`messages` must be a non-empty list"),
@@ -97,8 +97,8 @@ def test_a_json_body_with_a_charset_parses():
         ),
         (
             {"messages": [{"role": "assistant", "content": "", "tool_calls": [{}]}]},
-            "messages[0]",
-            "tool calls are not supported",
+            "messages[0].tool_calls",
+            "must name the function it calls",
         ),
     ],
 )

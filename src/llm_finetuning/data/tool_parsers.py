@@ -70,6 +70,14 @@ class ToolCallFormat:
             return ParsedReply(text, malformed=True)
         return ParsedReply(text[:start].strip(), calls)
 
+    def prefill(self, name: str | None = None) -> str:
+        """Text that makes a reply a call when generation starts from it: the layout's call opener, or for a call
+        of `name` the opener through the arguments key. Read the reply with `parse(prefill + generated)`."""
+        head, key = _PREFILLS[self.name]
+        if name is None:
+            return head or '{"name": '  # llama3 has no marker: the call's first key is the opener
+        return f'{head}{{"name": {json.dumps(name)}, "{key}": '
+
 
 def _hermes(text: str) -> list[Call]:
     calls, rest = [], text
@@ -109,6 +117,12 @@ def _mistral(text: str) -> list[Call]:
 
 
 _PARSERS = {"hermes": _hermes, "llama3": _llama3, "mistral": _mistral}
+# The text before a call's JSON object and the key its arguments go under, as each layout's template writes them.
+_PREFILLS = {
+    "hermes": ("<tool_call>\n", "arguments"),
+    "llama3": ("", "parameters"),
+    "mistral": ("[TOOL_CALLS] [", "arguments"),
+}
 FORMATS: dict[str, ToolCallFormat] = {
     "hermes": ToolCallFormat("hermes", "<tool_call>"),
     "llama3": ToolCallFormat("llama3", '{"name"'),

@@ -38,6 +38,7 @@ from llm_finetuning.serve.metrics import Metrics
 from llm_finetuning.serve.pool import EnginePool
 from llm_finetuning.serve.protocol import (
     ApiError,
+    ChatRequest,
     GenerationParams,
     ServerLimits,
     bad,
@@ -48,6 +49,7 @@ from llm_finetuning.serve.protocol import (
     parse_json,
 )
 from llm_finetuning.serve.reading import read_body, wait_disconnect
+from llm_finetuning.serve.tools import ReplyStream, ToolPlan, check_prompt, plan_tools, reply_message
 
 logger = logging.getLogger("llm_finetuning.serve")
 
@@ -209,12 +211,9 @@ def create_app(
     async def chat(request: Request) -> Response:
         parsed = parse_chat(await read_json(request), limits)
         served = await run_in_threadpool(engine_of, parsed.params.model, authorise(request))
-        try:
-            text = await run_in_threadpool(served.render, parsed.params.model, parsed.messages)
-        except Exception as exc:  # the run's chat template refusing a conversation (roles, order) is a 400
-            message = f"the chat template of `{parsed.params.model}` refused these messages: {exc}"
-            raise bad(message, "messages") from None
-        return await generate(request, served, "chat", parsed.params, text)
+        plan = plan_tools(parsed, served.tokenizer_of(parsed.params.model), parsed.params.model)
+        text = await run_in_threadpool(_chat_prompt, served, parsed, plan)
+        return await generate(request, served, "chat", parsed.params, text, plan)
 
     @app.post("/v1/completions")
     async def completion(request: Request) -> Response:
@@ -222,7 +221,10 @@ def create_app(
         served = await run_in_threadpool(engine_of, parsed.params.model, authorise(request))
         return await generate(request, served, "text", parsed.params, parsed.prompt)
 
-    async def generate(request: Request, served: Engine, kind: str, params: GenerationParams, text: str) -> Response:
+    async def generate(
+        request: Request, served: Engine, kind: str, params: GenerationParams, text: str, plan: ToolPlan | None = None
+    ) -> Response:
+        plan = plan or ToolPlan()
         started = time.monotonic()
         ids = await run_in_threadpool(served.encode, params.model, text)
         if not ids:
@@ -241,13 +243,14 @@ def create_app(
             return deliver
 
         tickets = [
-            Ticket(params.model, ids, max_tokens, params.sampling, deliver_to(i), params.stops) for i in range(params.n)
+            Ticket(params.model, ids, max_tokens, params.sampling, deliver_to(i), params.stops, plan.drop_ids)
+            for i in range(params.n)
         ]
         served.submit(tickets)
         ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         deadline = started + limits.request_timeout_s
         if params.stream:
-            stream = _stream(kind, ident, params, tickets, outcome, deadline, started, metrics, request)
+            stream = _stream(kind, ident, params, plan, tickets, outcome, deadline, started, metrics, request)
             return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         watch = asyncio.create_task(wait_disconnect(request))
         work = asyncio.create_task(_collect(params.n, outcome, started, params.model, metrics))
@@ -272,9 +275,10 @@ def create_app(
         work.result()
         usage = _usage(outcome)
         if kind == "chat":
+            replies = [reply_message(plan, t, f) for t, f in zip(outcome.texts, outcome.finish, strict=True)]
             choices = [
-                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f, "logprobs": None}
-                for i, (t, f) in enumerate(zip(outcome.texts, outcome.finish, strict=True))
+                {"index": i, "message": message, "finish_reason": finish, "logprobs": None}
+                for i, (message, finish) in enumerate(replies)
             ]
             obj = "chat.completion"
         else:
@@ -295,6 +299,17 @@ def create_app(
         )
 
     return app
+
+
+def _chat_prompt(served: Engine, parsed: ChatRequest, plan: ToolPlan) -> str:
+    """The prompt of a chat request (its tools included), checked to hold them, then the plan's prefill."""
+    model = parsed.params.model
+    try:
+        text = served.render(model, parsed.messages, parsed.tools)
+    except Exception as exc:  # the run's chat template refusing a conversation (roles, order) is a 400
+        raise bad(f"the chat template of `{model}` refused these messages: {exc}", "messages") from None
+    check_prompt(text, parsed, served.tokenizer_of(model), model)
+    return text + plan.prefill
 
 
 async def _collect(n: int, outcome: _Outcome, started: float, model: str, metrics: Metrics) -> None:
@@ -339,6 +354,7 @@ async def _stream(
     kind: str,
     ident: str,
     params: GenerationParams,
+    plan: ToolPlan,
     tickets: list[Ticket],
     outcome: _Outcome,
     deadline: float,
@@ -349,14 +365,18 @@ async def _stream(
     created = int(time.time())
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
-    def chunk(index: int, content: str | None, finish: str | None = None, role: bool = False) -> dict[str, Any]:
+    replies = [ReplyStream(plan) for _ in range(params.n)]  # chat only: what may be a tool call is held back
+
+    def chunk(
+        index: int, delta: dict[str, Any] | None, finish: str | None = None, role: bool = False
+    ) -> dict[str, Any]:
         if kind == "chat":
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-            if content:
-                delta["content"] = content
-            choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+            body: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            body.update(delta or {})
+            choice: dict[str, Any] = {"index": index, "delta": body, "finish_reason": finish, "logprobs": None}
         else:
-            choice = {"index": index, "text": content or "", "finish_reason": finish, "logprobs": None}
+            text = (delta or {}).get("content") or ""
+            choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
         return {"id": ident, "object": obj, "created": created, "model": params.model, "choices": [choice]}
 
     finished = False
@@ -377,10 +397,16 @@ async def _stream(
                 yield _sse(error.body())
                 return
             if isinstance(event, Delta):
-                yield _sse(chunk(index, event.text))
+                deltas = replies[index].feed(event.text) if kind == "chat" else [{"content": event.text}]
+                for delta in deltas:
+                    yield _sse(chunk(index, delta))
             elif ended:
                 left -= 1
-                yield _sse(chunk(index, None, outcome.finish[index]))
+                finish = outcome.finish[index]
+                deltas, finish = replies[index].end(finish) if kind == "chat" else ([], finish)
+                for delta in deltas:
+                    yield _sse(chunk(index, delta))
+                yield _sse(chunk(index, None, finish))
         if params.include_usage:
             yield _sse(
                 {

@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from llm_finetuning.serve.generation import generation_settings
+from llm_finetuning.serve.generation import generation_settings, render_chat
 from llm_finetuning.serve.protocol import ApiError, Sampling
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ class Ticket:
     sampling: Sampling
     deliver: Callable[[Event], None]
     stops: tuple[str, ...] = ()
+    drop_ids: frozenset[int] | None = None
+    """None: the text is decoded without special tokens. Else only these are dropped, so that tool call markers
+    that are special tokens (Mistral's `[TOOL_CALLS]`) stay in the text the calls are read from."""
     tokens: list[int] = field(default_factory=list)
     sent: str = ""
     done: bool = False
@@ -132,11 +135,11 @@ class Engine:
     def model_ids(self) -> list[str]:
         return list(self.served)
 
-    def render(self, model: str, messages: list[dict[str, str]]) -> str:
-        tokenizer = self.served[model].tokenizer
-        if not tokenizer.chat_template:
-            return "\n".join(m["content"] for m in messages)
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def tokenizer_of(self, model: str) -> PreTrainedTokenizerBase:
+        return self.served[model].tokenizer
+
+    def render(self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        return render_chat(self.served[model].tokenizer, messages, tools)
 
     def encode(self, model: str, text: str) -> list[int]:
         encoder, lock = self._encoders[model]
@@ -325,7 +328,10 @@ class _NoContext:
 
 
 def ticket_text(tokenizer: PreTrainedTokenizerBase, ticket: Ticket, final: bool = False) -> str:
-    return tokenizer.decode(ticket.tokens, skip_special_tokens=True)
+    if ticket.drop_ids is None:
+        return tokenizer.decode(ticket.tokens, skip_special_tokens=True)
+    kept = [token for token in ticket.tokens if token not in ticket.drop_ids]
+    return tokenizer.decode(kept, skip_special_tokens=False)
 
 
 def _first_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:

@@ -44,11 +44,19 @@ def load_for_inference(target: str | Path) -> tuple[PreTrainedModel, PreTrainedT
     return model.eval(), tokenizer
 
 
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> str:
+    """The text generation starts from: the conversation (and the tools, when given) in the tokenizer's chat
+    template, with the assistant's turn opened. The one place prompts are rendered, so the server, `generate`
+    and evaluation all prompt a model the same way."""
+    if not tokenizer.chat_template:
+        return "\n".join(m["content"] for m in messages)
+    return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False, add_generation_prompt=True)
+
+
 def _render(tokenizer: PreTrainedTokenizerBase, prompt: str | Messages) -> str:
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n".join(m["content"] for m in messages)
+    return render_chat(tokenizer, [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
 
 
 def generation_settings(

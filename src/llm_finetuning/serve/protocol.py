@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+
+from llm_finetuning.data.tool_calls import link_tool_answers, normalize_calls, normalize_tools
+from llm_finetuning.errors import RowError
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,27 @@ class GenerationParams:
 
 
 @dataclass(frozen=True)
+class ToolChoice:
+    """What the reply may do with the declared tools: `none` (answer in text), `auto` (the model decides),
+    `required` (call some tool) or `function` (call the tool `name`)."""
+
+    mode: str = "none"
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     params: GenerationParams
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """Canonical messages (data/tool_calls.py): assistant calls with arguments as objects, linked tool answers."""
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True
+
+    @property
+    def uses_tools(self) -> bool:
+        """Tools are declared, or the conversation holds calls or tool answers."""
+        return bool(self.tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in self.messages)
 
 
 @dataclass(frozen=True)
@@ -283,7 +305,63 @@ def _content(message: dict[str, Any], where: str) -> str:
     raise bad(f"`{where}` needs string content (or a list of text parts)", where)
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+def _calls(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """An assistant message's `tool_calls` as canonical calls (arguments decoded from their JSON string)."""
+    calls = message.get("tool_calls")
+    if calls is None or calls == []:
+        return []
+    if not isinstance(calls, list):
+        raise bad(f"`{where}.tool_calls` must be a list of calls", f"{where}.tool_calls")
+    for index, call in enumerate(calls):
+        if isinstance(call, dict) and call.get("type", "function") != "function":
+            raise bad(f"`{where}.tool_calls[{index}].type` must be `function`", f"{where}.tool_calls")
+    try:
+        return normalize_calls(calls, f"{where}.tool_calls", where)
+    except RowError as exc:
+        raise bad(str(exc), f"{where}.tool_calls") from None
+
+
+def _message(message: dict[str, Any], where: str) -> dict[str, Any]:
+    role = "system" if message["role"] == "developer" else message["role"]
+    if message.get("function_call") is not None:
+        raise bad(f"`{where}.function_call` is the deprecated form of `tool_calls`: send `tool_calls`", where)
+    if message.get("tool_calls") and role != "assistant":
+        raise bad(f"`{where}.tool_calls`: only assistant messages carry tool calls", where)
+    out: dict[str, Any] = {"role": role, "content": _content(message, where)}
+    if role == "assistant" and (calls := _calls(message, where)):
+        out["tool_calls"] = calls
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            value = message.get(key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise bad(f"`{where}.{key}` must be a non-empty string", f"{where}.{key}")
+            if value is not None:
+                out[key] = value
+    return out
+
+
+def _link_answers(messages: list[dict[str, Any]]) -> None:
+    """Give tool answers without an id the id of the call they answer (in order) and that call's function name;
+    refuse ids no call has."""
+    given = {index for index, message in enumerate(messages) if "name" in message}
+    link_tool_answers(messages)
+    names: dict[str, str] = {}
+    for index, message in enumerate(messages):
+        names.update((call["id"], call["function"]["name"]) for call in message.get("tool_calls") or ())
+        answered = message.get("tool_call_id")
+        if message["role"] != "tool" or answered is None:
+            continue
+        if answered not in names:
+            raise bad(
+                f"`messages[{index}].tool_call_id` is `{answered}`, which no earlier assistant `tool_calls` holds; "
+                "give each tool message the `id` of the call it answers",
+                f"messages[{index}].tool_call_id",
+            )
+        if index not in given:  # the name of the call it answers by id, not of the next one in order
+            message["name"] = names[answered]
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("`messages` must be a non-empty list", "messages")
@@ -292,26 +370,113 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
         where = f"messages[{index}]"
         if not isinstance(message, dict) or message.get("role") not in _ROLES:
             raise bad(f"`{where}` needs a role ({', '.join(_ROLES)}) and string content", where)
-        if message.get("tool_calls"):
-            raise bad(f"`{where}.tool_calls`: tool calls are not supported by this server", where)
-        role = "system" if message["role"] == "developer" else message["role"]
-        out.append({"role": role, "content": _content(message, where)})
+        out.append(_message(message, where))
+    _link_answers(out)
     return out
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
+_FUNCTION_KEYS = ("name", "description", "parameters", "strict")
+_TOOL_SHAPE = '{"type": "function", "function": {"name": ..., "description"?: ..., "parameters"?: {...}}}'
+
+
+def _function(tool: Any, where: str) -> dict[str, Any]:
+    """One entry of `tools`, checked field by field; the function definition without the empty fields."""
+    if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+        raise bad(f"`{where}` must be {_TOOL_SHAPE}: only function tools are supported", where)
+    for key in tool:
+        if key not in ("type", "function"):
+            raise bad(f"`{where}.{key}` is not a field of a tool; a tool is {_TOOL_SHAPE}", f"{where}.{key}")
+    function, where = tool["function"], f"{where}.function"
+    for key in function:
+        if key not in _FUNCTION_KEYS:
+            fields = ", ".join(_FUNCTION_KEYS)
+            raise bad(f"`{where}.{key}` is not a field of a function (those are {fields})", f"{where}.{key}")
+    name = function.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        raise bad(f"`{where}.name` must be 1 to 64 letters, digits, underscores or dashes", f"{where}.name")
+    description, parameters = function.get("description"), function.get("parameters")
+    if description is not None and not isinstance(description, str):
+        raise bad(f"`{where}.description` must be a string", f"{where}.description")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise bad(f"`{where}.parameters` must be a JSON schema object", f"{where}.parameters")
+    if function.get("strict"):
+        raise bad(
+            f"`{where}.strict` is not supported by this server: calls are generated, not constrained to the schema; "
+            "leave it out or false",
+            f"{where}.strict",
+        )
+    kept = {"name": name, "description": description, "parameters": parameters}
+    return {key: value for key, value in kept.items() if value is not None}
+
+
+def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tools = body.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise bad(f"`tools` must be a list of {_TOOL_SHAPE}", "tools")
+    functions = [_function(tool, f"tools[{index}]") for index, tool in enumerate(tools)]
+    try:
+        return normalize_tools(functions, "tools")
+    except RowError as exc:  # a name declared twice
+        raise bad(str(exc), "tools") from None
+
+
+def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]]) -> ToolChoice:
+    value = body.get("tool_choice")
+    names = [tool["function"]["name"] for tool in tools]
+    if value is None or (value in ("none", "auto") and not tools):  # nothing to call: plain text
+        return ToolChoice("auto" if tools else "none")
+    if value in ("none", "auto", "required"):
+        if not tools:
+            raise bad("`tool_choice` is `required`, but no `tools` are given", "tool_choice")
+        return ToolChoice(value)
+    function = value.get("function") if isinstance(value, dict) and value.get("type") == "function" else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        raise bad(
+            '`tool_choice` must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}',
+            "tool_choice",
+        )
+    if name not in names:
+        declared = ", ".join(f"`{n}`" for n in names) or "none"
+        raise bad(f"`tool_choice` names `{name}`, which `tools` does not declare (declared: {declared})", "tool_choice")
+    return ToolChoice("function", name)
+
+
+def _refuse_legacy_functions(body: dict[str, Any]) -> None:
+    """`functions` / `function_call` are refused rather than mapped: their replies have another shape
+    (`message.function_call`), which a client asking in that form would expect."""
+    if body.get("functions"):
+        raise bad(
+            "`functions` is the deprecated form of `tools` and is not accepted: send "
+            '`tools: [{"type": "function", "function": ...}]` instead',
+            "functions",
+        )
+    _unsupported(body, "function_call", "none", "it is the deprecated form of `tool_choice`; send `tool_choice`")
 
 
 def parse_chat(body: dict[str, Any], limits: ServerLimits) -> ChatRequest:
     _check_keys(body, _CHAT)
     params = _params(body, limits, ("max_tokens", "max_completion_tokens"))
     _unsupported(body, "top_logprobs", None, "token log-probabilities are not returned")
-    for key in ("tools", "functions"):
-        if body.get(key):
-            raise bad(f"`{key}` is not supported by this server: it serves plain chat", key)
-    for key in ("tool_choice", "function_call"):
-        _unsupported(body, key, "none", "no tools are served")
+    _refuse_legacy_functions(body)
+    tools = _tools(body)
+    choice = _tool_choice(body, tools)
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise bad("`parallel_tool_calls` must be true or false", "parallel_tool_calls")
     fmt = body.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
         raise bad("`response_format` is not supported by this server beyond {'type': 'text'}", "response_format")
-    return ChatRequest(params=params, messages=_messages(body))
+    return ChatRequest(
+        params=params,
+        messages=_messages(body),
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=parallel is not False,
+    )
 
 
 def parse_completion(body: dict[str, Any], limits: ServerLimits) -> CompletionRequest:

@@ -14,7 +14,9 @@ How a run maps onto vLLM's model names:
 - every `--adapter NAME=RUN` is one more LoRA module, `NAME`, and must be a LoRA adapter of the same base.
 
 vLLM applies one chat template to every model id, so the run's own template (the one it was trained with) is
-written to the work directory and passed as `--chat-template`.
+written to the work directory and passed as `--chat-template`. Where that template writes tool calls in a layout
+vLLM has a parser for, `--enable-auto-tool-choice --tool-call-parser ...` is passed too, so `tools` work with
+either engine.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_finetuning.data.tool_parsers import format_for_template
 from llm_finetuning.errors import UserError
 from llm_finetuning.models import fast_path
 from llm_finetuning.serve.loading import _adapter_base, _same, resolve, trained_length
@@ -41,6 +44,7 @@ MODULE = "vllm.entrypoints.openai.api_server"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for --max-lora-rank
 BASE_SUFFIX = "-base"
 STOP_GRACE_S = 30.0  # vLLM frees GPU memory and stops its workers on SIGTERM; give it that long before SIGKILL
+TOOL_PARSERS = {"hermes": "hermes", "llama3": "llama3_json", "mistral": "mistral"}  # our layout -> vLLM's parser
 _UNSUPPORTED = "vLLM serves LoRA adapters only; merge it into its base with `llmft merge` or use --engine embedded"
 
 
@@ -60,6 +64,8 @@ class VllmPlan:
     served_model_name: str
     """The name vLLM serves `base_model` under (`model_id`, or `<model_id>-base` for an adapter target)."""
     context_length: int | None = None
+    tool_parser: str | None = None
+    """vLLM's `--tool-call-parser` for the chat template's call layout, or None: vLLM serves no tools."""
     env: dict[str, str] = field(default_factory=dict)
     """Variables set for the child on top of this environment: the API key travels here (VLLM_API_KEY), not on
     the command line, where any user of the machine could read it in `ps`."""
@@ -182,6 +188,9 @@ def plan(
         command += ["--tensor-parallel-size", str(tensor_parallel)]
     if template_file is not None:
         command += ["--chat-template", str(template_file)]
+    tool_parser = _tool_parser(template, extra_args)
+    if tool_parser is not None:
+        command += ["--enable-auto-tool-choice", "--tool-call-parser", tool_parser]
     if loras:
         command += ["--enable-lora", "--lora-modules", *(f"{name}={p}" for name, p in loras.items())]
         command += ["--max-lora-rank", str(_lora_rank(configs)), "--max-loras", str(len(loras))]
@@ -194,6 +203,7 @@ def plan(
         base_model=base,
         served_model_name=served_name,
         context_length=context_length,
+        tool_parser=tool_parser,
         env={"VLLM_API_KEY": api_key} if api_key else {},
     )
 
@@ -224,6 +234,14 @@ def _stop(process: subprocess.Popen, grace_s: float) -> int:
         logger.warning("vLLM did not stop; killing it")
         process.kill()
         return process.wait()
+
+
+def _tool_parser(template: str | None, extra_args: Sequence[str]) -> str | None:
+    """vLLM's tool call parser for the layout `template` writes, unless the extra arguments choose one."""
+    if any(arg.split("=")[0] in ("--tool-call-parser", "--tool-parser-plugin") for arg in extra_args):
+        return None
+    fmt = format_for_template(template)
+    return TOOL_PARSERS[fmt.name] if fmt is not None else None
 
 
 def _masked(command: list[str]) -> list[str]:
