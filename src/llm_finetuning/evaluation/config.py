@@ -19,13 +19,14 @@ class EvalTaskConfig(Section):
 
     name: str
     """Task name: `gsm8k_accuracy`, `math_boxed_accuracy`, `arc_generate`, `arc_loglik`, `medqa_generate`,
-    `medqa_loglik`, `pubmedqa_accuracy`, `hotpotqa_qa`, `freshqa_qa`, `popqa_qa`, `perplexity`, `rouge_bleu`
-    or `judged`; for embedding, reranker and classifier models `pubmedqa_retrieval`, `pubmedqa_rerank`,
+    `medqa_loglik`, `pubmedqa_accuracy`, `hotpotqa_qa`, `freshqa_qa`, `popqa_qa`, `perplexity`, `rouge_bleu`,
+    `judged` or `tool_calls`; for embedding, reranker and classifier models `pubmedqa_retrieval`, `pubmedqa_rerank`,
     `pubmedqa_classify`, or `retrieval`, `rerank`, `classification` on a file."""
     path: str | None = None
     """A local file instead of the hub copy: for dataset tasks, a file in the named dataset's own layout (e.g.
     GSM8K's `test.jsonl`); for `perplexity` a `.txt` document or rows with a text column; for `rouge_bleu` and
-    `judged` rows in `format`. Relative paths are relative to the YAML file that sets them."""
+    `judged` rows in `format`; for `tool_calls` conversations with tools (`messages` or `sharegpt`). Relative
+    paths are relative to the YAML file that sets them."""
     dataset: str | None = None
     """For `rouge_bleu` and `judged`: a named dataset (`llmft data datasets`) whose prompts and
     reference answers are used. The other tasks know their dataset."""
@@ -37,8 +38,8 @@ class EvalTaskConfig(Section):
         Literal["prompt_completion", "alpaca", "messages", "sharegpt", "text", "retrieval", "labeled_text"] | None
     ) = None
     """Row format of `path` for `rouge_bleu`/`judged` (default `prompt_completion`: the last assistant turn is
-    the reference), `perplexity` (default `text`), `retrieval`/`rerank` (`retrieval`) and `classification`
-    (`labeled_text`)."""
+    the reference), `perplexity` (default `text`), `retrieval`/`rerank` (`retrieval`), `classification`
+    (`labeled_text`) and `tool_calls` (`messages` or `sharegpt`; default: whichever column each row has)."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Map from the format's field name to the file's column, as in `data.*.columns` (e.g. `{text: body}`)."""
     limit: int | None = Field(None, gt=0)
@@ -74,6 +75,11 @@ class EvalTaskConfig(Section):
             raise ValueError(f"task `{self.name}` reads dataset `{spec.dataset}`; remove `dataset` (use `path`)")
         if spec.kind == "perplexity" and self.dataset is not None:
             raise ValueError("`perplexity` reads a text file or rows with a text column: set `path`, not `dataset`")
+        if spec.kind == "tool_calls" and self.dataset is not None:
+            raise ValueError(
+                "`tool_calls` reads a file of conversations with tools: set `path` (and `format: messages` or "
+                "`sharegpt`), not `dataset`"
+            )
         if spec.dataset is None and self.path is None and self.dataset is None:
             raise ValueError(f"task `{self.name}` needs data: set `path` (a local file) or `dataset` (a named one)")
         if self.dataset is not None and (self.format is not None or self.columns):
@@ -84,9 +90,10 @@ class EvalTaskConfig(Section):
             raise ValueError(f"`stride` ({self.stride}) cannot exceed `window` ({self.window}): tokens would be missed")
         fits = {"perplexity": ("text",), "retrieval": ("retrieval",), "rerank": ("retrieval",)}
         fits["classification"] = ("labeled_text",)
+        fits["tool_calls"] = ("messages", "sharegpt")
         allowed = fits.get(spec.kind, ("prompt_completion", "alpaca", "messages", "sharegpt"))
         if self.format is not None and self.format not in allowed:
-            raise ValueError(f"`format: {self.format}` does not fit task `{self.name}`")
+            raise ValueError(f"`format: {self.format}` does not fit task `{self.name}`; use {' or '.join(allowed)}")
         if self.rubric is not None and spec.kind != "judged":
             raise ValueError(f"`rubric` applies to the `judged` task, not `{self.name}`")
         return self

@@ -9,7 +9,10 @@ Each item has a `prompt` (text or chat messages) and exactly one expectation:
 - `regex`: the output matches this Python regular expression (`re.search`; inline flags such as `(?i)` work);
 - `judged`: an LLM judge's score (0-1) of the answer against `reference`, with a `rubric` (`eval.judge`);
 - `refuses: true` / `answers: true`: a harmful request the model must refuse / a benign look-alike it must
-  answer (evaluation/safety.py: refusal and over-refusal rates, and their own gate, `refusal_tolerance`).
+  answer (evaluation/safety.py: refusal and over-refusal rates, and their own gate, `refusal_tolerance`);
+- `calls`: the tool calls the reply must make (`[]`: none) given the item's `tools`, scored as the `tool_calls`
+  task's `exact` (evaluation/tool_calls.py): the reply is generated with the tools and read in the chat
+  template's call layout.
 An item passes when its score reaches its `threshold` (default 1.0; 0.5 for `judged`).
 """
 
@@ -25,10 +28,10 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from llm_finetuning.config.base import Section
-from llm_finetuning.errors import DataError, UserError
+from llm_finetuning.errors import DataError, RowError, UserError
 from llm_finetuning.rewards.extract import answer_or_text, exact_match
 
-EXPECTATIONS = ("exact", "contains", "regex", "judged", "refuses", "answers")
+EXPECTATIONS = ("exact", "contains", "regex", "judged", "refuses", "answers", "calls")
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
@@ -39,6 +42,15 @@ class JudgedExpectation(Section):
     """The reference answer (or any-of list); may be empty for rubrics that need none."""
     rubric: str = "correctness"
     """The judge rubric (`correctness`, `multihop_qa`, `medical_qa`, `summarization`, `answer_relevancy`)."""
+
+
+class ExpectedCall(Section):
+    """One tool call a `calls` item expects."""
+
+    name: str = Field(min_length=1)
+    """The function's name (one of the item's `tools`)."""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """Its arguments, compared as JSON values (key order ignored)."""
 
 
 class GoldenItem(Section):
@@ -56,6 +68,11 @@ class GoldenItem(Section):
     """A harmful request: the answer must be a refusal."""
     answers: Literal[True] | None = None
     """A benign request that looks like a harmful one: the answer must not be a refusal."""
+    calls: list[ExpectedCall] | None = None
+    """The tool calls the reply must make, in any order (`[]`: the reply must make none)."""
+    tools: list[dict[str, Any]] | None = None
+    """`calls` items: the functions declared to the model (`{name, description, parameters}`, or the OpenAI
+    `{type: function, function: {...}}`); a YAML anchor shares one list between items."""
     threshold: float | None = Field(None, ge=0, le=1)
     """Lowest score that passes; default 1.0 (0.5 for `judged`)."""
 
@@ -69,7 +86,29 @@ class GoldenItem(Section):
                 re.compile(self.regex)
             except re.error as exc:
                 raise ValueError(f"`regex` is not a valid regular expression: {exc}") from None
+        if self.tools is not None and self.calls is None:
+            raise ValueError("`tools` declares the functions of a `calls` item; add `calls` (`[]`: no call)")
+        self._check_declared()
         return self
+
+    def _check_declared(self) -> None:
+        """The tools are valid definitions and every expected call names one of them."""
+        from llm_finetuning.data.tool_calls import normalize_tools
+
+        try:
+            declared = {tool["function"]["name"] for tool in normalize_tools(self.tools, "tools")}
+        except RowError as exc:
+            raise ValueError(str(exc)) from None
+        unknown = [call.name for call in self.calls or () if declared and call.name not in declared]
+        if unknown:
+            raise ValueError(f"`calls` names {unknown}, not among the `tools` ({', '.join(sorted(declared))})")
+
+    @property
+    def declared_tools(self) -> list[dict[str, Any]] | None:
+        """A `calls` item's tools in the canonical shape (`[]`: none declared); None for other items."""
+        from llm_finetuning.data.tool_calls import normalize_tools
+
+        return None if self.calls is None else normalize_tools(self.tools, "tools")
 
     @property
     def kind(self) -> str:
@@ -175,8 +214,17 @@ def load_golden(path: str | Path) -> GoldenSet:
 
 
 # ----------------------------------------------------------------------------------------------- scoring
-def score_item(item: GoldenItem, output: str, judge: Any = None, refusal_grader: str = "pattern") -> float:
-    """The item's score in [0, 1] for one output."""
+def score_item(
+    item: GoldenItem, output: str, judge: Any = None, refusal_grader: str = "pattern", call_format: Any = None
+) -> float:
+    """The item's score in [0, 1] for one output; `call_format` (the model's `ToolCallFormat`) reads the calls of
+    a `calls` item."""
+    if item.calls is not None:
+        from llm_finetuning.evaluation.tool_calls import score_reply
+
+        if call_format is None:
+            raise UserError("golden `calls` items need the model's tool-call layout (`call_format`) to be scored")
+        return score_reply(output, [call.model_dump() for call in item.calls], call_format)["exact"]
     if item.exact is not None:
         return exact_match(answer_or_text(output), _as_list(item.exact))
     if item.contains is not None:
@@ -220,26 +268,37 @@ class ModelOutcome:
         return sum(self.passed) / len(self.passed)
 
 
-def score_outputs(golden: GoldenSet, outputs: list[str], judge: Any = None) -> ModelOutcome:
+def score_outputs(golden: GoldenSet, outputs: list[str], judge: Any = None, call_format: Any = None) -> ModelOutcome:
     scores = [
-        score_item(item, out, judge, golden.refusal_grader) for item, out in zip(golden.items, outputs, strict=True)
+        score_item(item, out, judge, golden.refusal_grader, call_format)
+        for item, out in zip(golden.items, outputs, strict=True)
     ]
     passed = [s >= item.pass_threshold for item, s in zip(golden.items, scores, strict=True)]
     return ModelOutcome(outputs, scores, passed)
 
 
+def _prompt_tokens(tokenizer: Any, item: GoldenItem, item_id: str, path: str) -> int:
+    from llm_finetuning.evaluation.runner import prompt_tokens
+
+    try:
+        return prompt_tokens(tokenizer, item.messages, item.declared_tools)
+    except RowError as exc:  # the chat template rejects the conversation (or its tools)
+        raise DataError(f"golden set {path}: item `{item_id}`: {exc}") from None
+
+
 def check_fits(model: Any, tokenizer: Any, golden: GoldenSet, max_length: int | None = None) -> None:
     """A `UserError` naming the golden items whose prompt and `max_new_tokens` exceed the model's context."""
     from llm_finetuning.evaluation.context import context_length, prompt_overflow
-    from llm_finetuning.evaluation.runner import check_room, prompt_tokens
+    from llm_finetuning.evaluation.runner import check_room
 
     limit = context_length(model, tokenizer, max_length)
     check_room(golden.max_new_tokens, limit, f"golden set {golden.path}")
-    reasons = [
-        f"`{item_id}`: {reason}"
-        for item, item_id in zip(golden.items, golden.ids, strict=True)
-        if (reason := prompt_overflow(prompt_tokens(tokenizer, item.messages), golden.max_new_tokens, limit))
-    ]
+    reasons = []
+    for item, item_id in zip(golden.items, golden.ids, strict=True):
+        tokens = _prompt_tokens(tokenizer, item, item_id, golden.path)
+        reason = prompt_overflow(tokens, golden.max_new_tokens, limit)
+        if reason:
+            reasons.append(f"`{item_id}`: {reason}")
     if reasons:
         raise UserError(
             f"golden set {golden.path}: {len(reasons)} item(s) do not fit the model: {'; '.join(reasons[:5])}. "
@@ -258,18 +317,45 @@ def run_golden(
 ) -> ModelOutcome:
     """Generate an answer to every golden prompt (greedy, batched) and score it; `label` names the progress.
     A prompt that leaves no room for `max_new_tokens` in the model's context is a `UserError`: a golden item
-    is the user's own, and skipping it would change the pass rate."""
-    from llm_finetuning.evaluation.runner import EvalSettings, LogProgress, generate_all, inference_mode
+    is the user's own, and skipping it would change the pass rate. `calls` items are answered with their tools
+    and need a chat template with a tool-call layout (a `ConfigError` before anything is generated)."""
+    from llm_finetuning.evaluation.runner import EvalSettings, LogProgress, inference_mode
 
     settings = settings or EvalSettings()
     progress = progress or LogProgress()
+    layout = None
+    if any(item.calls is not None for item in golden.items):
+        from llm_finetuning.evaluation.tool_calls import call_format
+
+        layout = call_format(tokenizer, f"golden set {golden.path}")
     check_fits(model, tokenizer, golden, settings.max_length)
     progress.start(label, len(golden.items))
     with inference_mode(model, tokenizer):
-        outputs = generate_all(
-            model, tokenizer, [item.messages for item in golden.items], settings, golden.max_new_tokens, progress
-        )
-    return score_outputs(golden, outputs, judge)
+        outputs = _plain_replies(model, tokenizer, golden, settings, progress)
+        outputs.update(_tool_replies(model, tokenizer, golden, settings, progress))
+    return score_outputs(golden, [outputs[i] for i in range(len(golden.items))], judge, layout)
+
+
+def _plain_replies(model: Any, tokenizer: Any, golden: GoldenSet, settings: Any, progress: Any) -> dict[int, str]:
+    """The answers to the items without `calls`, by position (the tasks' generation: special tokens skipped)."""
+    from llm_finetuning.evaluation.runner import generate_all
+
+    positions = [i for i, item in enumerate(golden.items) if item.calls is None]
+    prompts = [golden.items[i].messages for i in positions]
+    answers = generate_all(model, tokenizer, prompts, settings, golden.max_new_tokens, progress)
+    return dict(zip(positions, answers, strict=True))
+
+
+def _tool_replies(model: Any, tokenizer: Any, golden: GoldenSet, settings: Any, progress: Any) -> dict[int, str]:
+    """The replies to the `calls` items by position, generated with their tools and keeping call markers."""
+    from llm_finetuning.evaluation.tool_calls import generate_replies, render_prompt
+
+    positions = [i for i, item in enumerate(golden.items) if item.calls is not None]
+    texts = [render_prompt(tokenizer, golden.items[i].messages, golden.items[i].declared_tools) for i in positions]
+    replies = generate_replies(
+        model, tokenizer, texts, golden.max_new_tokens, settings.temperature, settings.batch_size, progress.advance
+    )
+    return dict(zip(positions, replies, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------- comparison

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from llm_finetuning.errors import UserError
-from llm_finetuning.evaluation import metrics
+from llm_finetuning.evaluation import metrics, tool_calls
 from llm_finetuning.evaluation.config import EvalTaskConfig
 from llm_finetuning.evaluation.context import context_length, prompt_overflow
 from llm_finetuning.evaluation.tasks import TASKS, Example, TaskSpec, load_examples
@@ -137,9 +137,11 @@ def generate_all(
     return outputs
 
 
-def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> int:
-    """Tokens of a prompt exactly as generation feeds it (rendered with the chat template, no added specials)."""
-    return len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt: Any, tools: list[dict[str, Any]] | None = None) -> int:
+    """Tokens of a prompt exactly as generation feeds it (rendered with the chat template, no added specials);
+    with `tools` (a tool-call prompt, `[]` when none are declared) rendered as tool-call generation renders it."""
+    text = render_prompt(tokenizer, prompt) if tools is None else tool_calls.render_prompt(tokenizer, prompt, tools)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def check_room(max_new_tokens: int, limit: int | None, where: str) -> None:
@@ -161,7 +163,7 @@ def fitting_examples(
     kept: list[Example] = []
     dropped: list[str] = []
     for ex in examples:
-        reason = prompt_overflow(prompt_tokens(tokenizer, ex.prompt), max_new_tokens, limit)
+        reason = prompt_overflow(prompt_tokens(tokenizer, ex.prompt, ex.tools), max_new_tokens, limit)
         if reason is None:
             kept.append(ex)
         else:
@@ -313,14 +315,19 @@ def evaluate_task(
     spec = TASKS[task.name]
     if spec.kind == "judged":
         _check_judge(task, judge)
+    if spec.kind == "tool_calls":
+        tool_calls.call_format(tokenizer)  # before any data is read: no layout, no readable calls
     limit = task.limit or settings.limit
     max_new_tokens = task.max_new_tokens or settings.max_new_tokens or spec.max_new_tokens
     context = context_length(model, tokenizer, settings.max_length)
-    generates = spec.kind in ("generate", "judged")
+    generates = spec.kind in ("generate", "judged", "tool_calls")
     if generates:
         check_room(max_new_tokens, context, f"task `{task.name}`")
     examples, skipped = load_examples(task, limit)
     too_long: list[str] = []
+    if spec.kind == "tool_calls":
+        examples, unrenderable = tool_calls.renderable(tokenizer, examples)
+        skipped += unrenderable
     if generates:
         examples, too_long = fitting_examples(tokenizer, examples, max_new_tokens, context)
     set_seed(settings.seed)
@@ -330,6 +337,10 @@ def evaluate_task(
             summary, records = _run_perplexity(model, tokenizer, task, examples, context, progress)
         elif spec.kind == "loglik":
             summary, records, too_long = _run_loglik(model, tokenizer, examples, settings, context, progress)
+        elif spec.kind == "tool_calls":
+            summary, records = tool_calls.run_task(
+                model, tokenizer, examples, max_new_tokens, settings.temperature, settings.batch_size, progress.advance
+            )
         else:
             prompts = [ex.prompt for ex in examples]
             outputs = generate_all(model, tokenizer, prompts, settings, max_new_tokens, progress)

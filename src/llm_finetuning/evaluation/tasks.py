@@ -31,7 +31,7 @@ from llm_finetuning.rewards.extract import (
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["generate", "loglik", "perplexity", "judged", "retrieval", "rerank", "classification"]
+Kind = Literal["generate", "loglik", "perplexity", "judged", "retrieval", "rerank", "classification", "tool_calls"]
 Messages = list[dict[str, Any]]
 
 
@@ -51,6 +51,8 @@ class Example:
     """Multiple choice: (letter, option text) in the order shown in the prompt."""
     text: str | None = None
     """Perplexity: the document."""
+    tools: list[dict[str, Any]] | None = None
+    """Tool calls: the declared tools the prompt is rendered with (`[]`: none declared); None: not a tool task."""
 
 
 Scorer = Callable[[str, Example], dict[str, Any]]
@@ -298,6 +300,15 @@ TASKS: dict[str, TaskSpec] = {
             split="test",
         ),
         TaskSpec(
+            "tool_calls",
+            "tool_calls",
+            "Conversations with tools (`messages`, `sharegpt`): the last assistant turn's calls (or no call) against "
+            "the reply's, read in the chat template's call layout: exact, tool_selected, arguments_match, "
+            "no_call_correct, malformed.",
+            split="test",
+            metrics=("exact", "tool_selected", "arguments_match", "no_call_correct", "malformed"),
+        ),
+        TaskSpec(
             "judged",
             "judged",
             "An LLM judge's score (0-1) of the answer against the reference, with a rubric (eval.judge).",
@@ -355,14 +366,22 @@ def _named_example(name: str, spec: TaskSpec, row: dict[str, Any], where: str) -
     return example
 
 
-def _file_example(spec: TaskSpec, row: dict[str, Any], where: str, fmt: str, columns: dict[str, str]) -> Example:
+def _file_example(spec: TaskSpec, row: dict[str, Any], where: str, fmt: str | None, columns: dict[str, str]) -> Example:
     if spec.kind == "perplexity":
         return Example(id=where, text=text_field(row, columns))
+    if spec.kind == "tool_calls":
+        from llm_finetuning.evaluation.tool_calls import tool_example  # it builds on this module's Example
+
+        return tool_example(row, where, fmt, columns)
     messages = to_messages(row, fmt, columns)
     if messages[-1]["role"] != "assistant":
         raise RowError("the conversation must end with the assistant's reference answer")
     target = messages[-1]["content"]
     return Example(id=where, prompt=messages[:-1], gold={"answer": target}, target=target)
+
+
+_DEFAULT_FORMATS: dict[str, str | None] = {"perplexity": "text", "tool_calls": None}
+"""A file's row format when the task does not set one; None: `messages` or `sharegpt`, from each row's columns."""
 
 
 def load_examples(task: Any, limit: int | None = None) -> tuple[list[Example], list[str]]:
@@ -383,7 +402,7 @@ def load_examples(task: Any, limit: int | None = None) -> tuple[list[Example], l
         rows = _file_rows(task.path)
     examples: list[Example] = []
     skipped: list[str] = []
-    fmt = task.format or ("text" if spec.kind == "perplexity" else "prompt_completion")
+    fmt = task.format or _DEFAULT_FORMATS.get(spec.kind, "prompt_completion")
     for row in rows:
         if limit is not None and len(examples) >= limit:
             break
