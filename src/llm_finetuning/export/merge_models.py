@@ -1,52 +1,95 @@
-"""`llmft merge-models`: merge several models of one architecture into a plain transformers model directory."""
+"""`llmft merge-models`: merge several models of one architecture into a plain transformers model directory.
+
+The merge streams: each output tensor is computed from its input tensors, read from disk when it is needed,
+and written straight into its output file, so memory holds one tensor set at a time, not the models
+(docs/merging.md, "Memory").
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import save_file
 
 from llm_finetuning.errors import UserError
-from llm_finetuning.export import merging
-from llm_finetuning.export.merge_config import TASK_VECTOR_METHODS, MergeConfig
-from llm_finetuning.export.model_files import (
-    check_same_architecture,
-    check_same_vocabulary,
-    load_state_dict,
-    load_tokenizer,
-    read_config,
-)
+from llm_finetuning.export.merge_config import MergeConfig, parse_size
+from llm_finetuning.export.merge_plan import Job, Plan, build_plan
+from llm_finetuning.export.model_files import check_same_vocabulary, load_tokenizer
+from llm_finetuning.export.model_sources import ModelSource, open_model
+from llm_finetuning.export.safetensors_stream import Planned, StreamingFile, shard_names, split_shards, write_index
+from llm_finetuning.export.tensor_merge import TensorMerger
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-TensorMerge = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
-def _merge_function(config: MergeConfig) -> TensorMerge:
-    """One function (reference tensor, model tensors) -> merged tensor for the configured method."""
-    weights = [m.weight for m in config.models]
-    method = config.method
-    if method == "linear":
-        return lambda _ref, ts: merging.linear(ts, weights, normalize=config.normalize)
-    if method == "slerp":
-        t = float(config.t if config.t is not None else 0.5)
-        return lambda _ref, ts: merging.slerp(ts[0], ts[1], t)
-    if method == "task_arithmetic":
-        return lambda base, ts: merging.task_arithmetic(base, ts, weights, scale=config.scale)
-    density = float(config.density or 1.0)
-    if method == "ties":
-        return lambda base, ts: merging.ties(base, ts, weights, density, scale=config.scale)
-    # One generator for the whole merge, consumed in sorted tensor order: the same seed gives the same model.
-    generator = torch.Generator().manual_seed(config.seed)
-    combine: merging.Combine = "ties" if method == "dare_ties" else "linear"
-    return lambda base, ts: merging.dare(base, ts, weights, density, combine, generator, scale=config.scale)
+def _paths(config: MergeConfig) -> list[str]:
+    listed = [m.path for m in config.models or []] + [s.path for p in config.slices or [] for s in p.sources]
+    return list(dict.fromkeys([*([config.base_model] if config.base_model else []), *listed]))
+
+
+def _check_models(config: MergeConfig, sources: dict[str, ModelSource], reference: ModelSource) -> None:
+    """Same architecture everywhere; for a `models:` merge, the same tensors with the same shapes."""
+    kind = reference.config.get("model_type")
+    for source in sources.values():
+        other = source.config.get("model_type")
+        if other != kind:
+            raise UserError(
+                f"Cannot merge different architectures: {reference.label} is `model_type: {kind}` but "
+                f"{source.label} is `model_type: {other}`."
+            )
+        if config.models is None:
+            continue
+        for name, info in reference.tensors.items():
+            if name not in source.tensors:
+                raise UserError(f"Cannot merge: tensor `{name}` of {reference.label} is missing from {source.label}.")
+            if source.tensors[name].shape != info.shape:
+                raise UserError(
+                    f"Cannot merge different architectures: tensor `{name}` has shape {info.shape} in "
+                    f"{reference.label} but {source.tensors[name].shape} in {source.label}."
+                )
+        extra = sorted(set(source.tensors) - set(reference.tensors))
+        if extra:
+            raise UserError(f"Cannot merge: tensor `{extra[0]}` of {source.label} is missing from {reference.label}.")
+
+
+def _planned(job: Job, sources: dict[str, ModelSource], dtype: torch.dtype | None) -> Planned:
+    infos = [sources[model.path].tensors[name] for model, name in job.inputs]
+    if any(info.shape != infos[0].shape for info in infos):
+        shapes = ", ".join(
+            f"{sources[m.path].label}: {tuple(i.shape)}" for (m, _), i in zip(job.inputs, infos, strict=True)
+        )
+        raise UserError(f"Cannot merge different architectures: `{job.output}` has shapes {shapes}")
+    if not infos[0].dtype.is_floating_point:
+        return Planned(job.output, infos[0].shape, infos[0].dtype)
+    if dtype is None:
+        dtype = infos[0].dtype
+        for info in infos[1:]:
+            dtype = torch.promote_types(dtype, info.dtype)
+    return Planned(job.output, infos[0].shape, dtype)
+
+
+def _tokenizer(config: MergeConfig, sources: dict[str, ModelSource], reference: ModelSource) -> Any:
+    """The tokenizer to save, after checking that every model's maps the same tokens to the same ids."""
+    loaded = [(s, t) for s in sources.values() if (t := load_tokenizer(s.tokenizer_dir)) is not None]
+    for source, tokenizer in loaded[1:]:
+        check_same_vocabulary(Path(loaded[0][0].label), loaded[0][1], Path(source.label), tokenizer)
+    choice = config.tokenizer_source
+    if choice not in (None, "base", "union"):
+        matches = [t for s, t in loaded if s.label == choice or str(s.directory) == choice]
+        if not matches:
+            raise UserError(f"`tokenizer_source: {choice}` is not one of the merged models that has a tokenizer")
+        return matches[0]
+    # `union` of identical vocabularies is any of them (checked above).
+    return next((t for s, t in loaded if s is reference), loaded[0][1] if loaded else None)
 
 
 def _prepare_output(output: Path, overwrite: bool) -> None:
@@ -60,66 +103,91 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def merge_models(config: MergeConfig, overwrite: bool = False) -> Path:
-    """Merge `config.models` tensor by tensor and save a model loadable by `AutoModelForCausalLM`.
+def _write_weights(
+    output: Path, plan: Plan, planned: list[Planned], sources: dict[str, ModelSource], config: MergeConfig
+) -> None:
+    merge = TensorMerger(config)
+    jobs = {job.output: job for job in plan.jobs}
+    reference_path = config.base_model or plan.jobs[0].inputs[0][0].path
+    shards = split_shards(planned, parse_size(config.max_shard_size))
+    names = shard_names(len(shards))
+    for shard, name in zip(shards, names, strict=True):
+        file = StreamingFile(output / name, shard)
+        try:
+            for item in shard:
+                job = jobs[item.name]
+                tensors = [sources[model.path].read(tensor) for model, tensor in job.inputs]
+                if item.dtype.is_floating_point:
+                    result = merge(job, tensors)
+                else:  # integer buffers cannot be averaged; they come from the base (or first) model
+                    paths = [model.path for model, _ in job.inputs]
+                    result = tensors[paths.index(reference_path) if reference_path in paths else 0]
+                file.write(item.name, result.to(item.dtype))
+                del tensors, result
+        except BaseException:
+            file.abort()
+            raise
+        file.close()
+        logger.info("Wrote %s (%d tensors)", output / name, len(shard))
+    write_index(output, shards, names)
 
-    The reference model (the base for task-vector methods, else the first model) provides config.json, the
-    tokenizer, and every non-float tensor (integer buffers cannot be averaged meaningfully).
+
+def _model_config(reference: ModelSource, plan: Plan, planned: list[Planned], sources: dict[str, ModelSource]) -> dict:
+    model_config = dict(reference.config)
+    layers = len(plan.layer_sources)
+    for key in LAYER_COUNT_KEYS:
+        if key in model_config and model_config[key] != layers:
+            model_config[key] = layers
+    kinds = model_config.get("layer_types")
+    if isinstance(kinds, list):
+        model_config["layer_types"] = [sources[m.path].config["layer_types"][i] for m, i in plan.layer_sources]
+    floats = [p.dtype for p in planned if p.dtype.is_floating_point]
+    if floats:
+        name = str(floats[0]).removeprefix("torch.")
+        for key in ("dtype", "torch_dtype"):
+            if key in model_config or key == "dtype":
+                model_config[key] = name
+    return model_config
+
+
+def merge_models(
+    config: MergeConfig, overwrite: bool = False, output_dir: str | Path | None = None, original: Path | None = None
+) -> Path:
+    """Merge as `config` says and save a model loadable by `AutoModelForCausalLM` in `output_dir` (default:
+    `config.output_dir`). `original`, a mergekit file the config was read from, is saved beside it.
+
+    The reference model (the base, else the first model) provides config.json, generation_config.json, the
+    tokenizer (unless `tokenizer_source` names another) and every non-float tensor.
     """
-    model_dirs = [Path(m.path) for m in config.models]
-    reference_dir = Path(config.base_model) if config.method in TASK_VECTOR_METHODS else model_dirs[0]
-    output = Path(config.output_dir)
-    if output.resolve() in {d.resolve() for d in [reference_dir, *model_dirs]}:
-        raise UserError(f"`output_dir` {output} is one of the input models; choose a new directory")
-
-    reference_config = read_config(reference_dir)
-    reference_tensors = load_state_dict(reference_dir)
-    all_tensors: list[dict[str, torch.Tensor]] = []
-    for directory in model_dirs:
-        tensors = reference_tensors if directory == reference_dir else load_state_dict(directory)
-        check_same_architecture(
-            reference_dir, reference_config, reference_tensors, directory, read_config(directory), tensors
-        )
-        all_tensors.append(tensors)
-
-    tokenizer = load_tokenizer(reference_dir)
-    tokenizer_dir = reference_dir
-    for directory in model_dirs:
-        other = load_tokenizer(directory)
-        if other is None:
-            continue
-        if tokenizer is None:
-            tokenizer, tokenizer_dir = other, directory
-        else:
-            check_same_vocabulary(tokenizer_dir, tokenizer, directory, other)
-
-    merge = _merge_function(config)
-    dtype = DTYPES[config.dtype] if config.dtype else None
-    merged: dict[str, torch.Tensor] = {}
-    logger.info("Merging %d models with %s (%d tensors)", len(model_dirs), config.method, len(reference_tensors))
-    for name in sorted(reference_tensors):
-        reference = reference_tensors[name]
-        if reference.is_floating_point():
-            result = merge(reference, [tensors[name] for tensors in all_tensors])
-            merged[name] = result.to(dtype or reference.dtype).contiguous()
-        else:
-            merged[name] = reference.clone().contiguous()
-
-    _prepare_output(output, overwrite)
-    save_file(merged, str(output / "model.safetensors"), metadata={"format": "pt"})
-    model_config = dict(reference_config)
-    if config.dtype:
-        model_config["dtype"] = config.dtype
-        if "torch_dtype" in model_config:
-            model_config["torch_dtype"] = config.dtype
-    (output / "config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
-    if (reference_dir / "generation_config.json").is_file():
-        shutil.copyfile(reference_dir / "generation_config.json", output / "generation_config.json")
+    target = output_dir or config.output_dir
+    if target is None:
+        raise UserError("No output directory: set `output_dir` in the config or give it on the command line")
+    output = Path(target).resolve()
+    with ExitStack() as stack:
+        sources = {path: open_model(path, stack) for path in _paths(config)}
+        if output in {s.directory.resolve() for s in sources.values()}:
+            raise UserError(f"The output directory {output} is one of the input models; choose a new directory")
+        reference = sources[config.base_model or _paths(config)[0]]
+        _check_models(config, sources, reference)
+        plan = build_plan(config, {path: list(source.tensors) for path, source in sources.items()})
+        dtype = DTYPES[config.dtype] if config.dtype else None
+        planned = [_planned(job, sources, dtype) for job in plan.jobs]
+        tokenizer = _tokenizer(config, sources, reference)
+        _prepare_output(output, overwrite)
+        logger.info("Merging %d models with %s (%d tensors)", len(sources), config.method, len(plan.jobs))
+        # Written in the plan's order (mergekit's), so that random draws fall as they do in mergekit.
+        _write_weights(output, plan, planned, sources, config)
+        model_config = _model_config(reference, plan, planned, sources)
+        (output / "config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
+        if (reference.directory / "generation_config.json").is_file():
+            shutil.copyfile(reference.directory / "generation_config.json", output / "generation_config.json")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(output))
     else:
         logger.warning("None of the models has a tokenizer; the merged model is saved without one")
-    record = config.model_dump(mode="json")
+    record = config.model_dump(mode="json", exclude_defaults=True) | {"output_dir": str(output)}
     (output / "merge_config.yaml").write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
+    if original is not None:
+        shutil.copyfile(original, output / "mergekit_config.yml")
     logger.info("Merged model saved to %s", output)
     return output

@@ -1,28 +1,26 @@
-"""Merge the weights of several models of one architecture, one tensor at a time.
+"""Merge methods that interpolate between whole models, one tensor at a time: linear, SLERP, NuSLERP, Model Stock.
 
-Every function takes tensors of the same shape and returns a new tensor of the dtype of the first (or base)
-input. Arithmetic runs in float32 at least, so merging half-precision checkpoints does not lose the small
-task-vector differences to rounding.
+The task-vector methods (task arithmetic, TIES, DARE, breadcrumbs, DELLA) are in `task_vectors`. Every function
+takes tensors of one shape and returns a tensor of that shape in the working dtype: float64 where the inputs are
+float64, float32 otherwise, so half-precision checkpoints do not lose small differences to rounding. Formulas and
+edge cases follow mergekit 0.1.5, so that a mergekit config gives the same model (docs/merging.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 
-Combine = Literal["ties", "linear"]
+
+def work_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _work_dtype(tensor: torch.Tensor) -> torch.dtype:
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
-def _check(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
+def _check(tensors: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> None:
     if not tensors:
         raise ValueError("at least one tensor is needed")
-    if len(tensors) != len(weights):
+    if weights is not None and len(tensors) != len(weights):
         raise ValueError(f"{len(tensors)} tensors but {len(weights)} weights")
     shape = tensors[0].shape
     for tensor in tensors[1:]:
@@ -31,146 +29,139 @@ def _check(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
 
 
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
-    """Weighted average of the tensors ("model soups", Wortsman et al. 2022, arXiv:2203.05482).
-
-    With `normalize` the weights are divided by their sum, so `[2, 2]` is the plain mean; without it the
-    weighted sum is returned as is.
-    """
+    """`sum_i w_i m_i`, divided by `sum_i w_i` with `normalize` ("model soups", Wortsman et al. 2022)."""
     _check(tensors, weights)
-    work = _work_dtype(tensors[0])
-    total = sum(w * t.to(work) for w, t in zip(weights, tensors, strict=True))
+    work = work_dtype(*tensors)
+    total = torch.zeros(tensors[0].shape, dtype=work)
+    for weight, tensor in zip(weights, tensors, strict=True):
+        total += weight * tensor.to(work)
     if normalize:
         norm = sum(weights)
         if norm == 0:
+            # mergekit divides anyway and writes a model of NaNs and infinities.
             raise ValueError("the weights sum to zero and cannot be normalized")
-        total = total / norm
-    return torch.as_tensor(total).to(tensors[0].dtype)
+        total /= norm
+    return total
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-6) -> torch.Tensor:
-    """Spherical linear interpolation (Shoemake 1985, "Animating rotation with quaternion curves").
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float, dot_threshold: float = 0.9995) -> torch.Tensor:
+    """Spherical interpolation of two tensors, each taken as one flat vector (Shoemake 1985).
 
-    The flattened tensors' directions move along the great circle between them, which keeps the norm of the
-    direction instead of shrinking it as a straight line through the sphere does; the magnitude itself is
-    interpolated linearly. When the directions are parallel or opposite to within `eps` (1 - |cos| < eps), or
-    either tensor is zero, the angle is meaningless and plain linear interpolation is returned.
+    With `theta` the angle between `a` and `b`, the result is `sin((1-t) theta)/sin(theta) a +
+    sin(t theta)/sin(theta) b`: the weights apply to the tensors as they are, so the norm follows the arc
+    between two vectors of different lengths. Where `|cos theta| > dot_threshold` the angle is too small (or
+    too close to 180 degrees) to divide by its sine and `(1-t) a + t b` is returned; a zero tensor counts as
+    having norm 1 there, as in mergekit.
     """
-    _check([a, b], [0.0, 0.0])
-    work = _work_dtype(a)
-    x, y = a.to(work).flatten(), b.to(work).flatten()
+    _check([a, b])
+    work = work_dtype(a, b)
+    x, y = a.to(work).reshape(-1), b.to(work).reshape(-1)
+    if x.numel() == 0:
+        return ((1 - t) * x + t * y).reshape(a.shape)
+    norm_x, norm_y = torch.linalg.vector_norm(x), torch.linalg.vector_norm(y)
+    norm_x = torch.where(norm_x > 1e-8, norm_x, 1.0)
+    norm_y = torch.where(norm_y > 1e-8, norm_y, 1.0)
+    cos = ((x / norm_x) * (y / norm_y)).sum().clamp(-1, 1)
+    if cos.abs() > dot_threshold:
+        return ((1 - t) * x + t * y).reshape(a.shape)
+    theta = torch.acos(cos)
+    sin = torch.sin(theta)
+    return (torch.sin((1 - t) * theta) / sin * x + torch.sin(t * theta) / sin * y).reshape(a.shape)
+
+
+def slerp_directions(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-6) -> torch.Tensor:
+    """`slerp_mode: directions`: the unit directions move along the great circle and the norm is interpolated
+    linearly, `((1-t)|a| + t|b|) slerp(a/|a|, b/|b|, t)`; linear where `1 - |cos theta| < eps` or a tensor is
+    zero. This was llmft's SLERP before it followed mergekit; it differs where the norms differ."""
+    _check([a, b])
+    work = work_dtype(a, b)
+    x, y = a.to(work).reshape(-1), b.to(work).reshape(-1)
     norm_x, norm_y = x.norm(), y.norm()
     if norm_x == 0 or norm_y == 0:
-        return ((1 - t) * x + t * y).reshape(a.shape).to(a.dtype)
+        return ((1 - t) * x + t * y).reshape(a.shape)
     unit_x, unit_y = x / norm_x, y / norm_y
     cos = torch.clamp(torch.dot(unit_x, unit_y), -1.0, 1.0)
     if 1 - cos.abs() < eps:
-        return ((1 - t) * x + t * y).reshape(a.shape).to(a.dtype)
+        return ((1 - t) * x + t * y).reshape(a.shape)
     theta = torch.arccos(cos)
     sin = torch.sin(theta)
     direction = (torch.sin((1 - t) * theta) / sin) * unit_x + (torch.sin(t * theta) / sin) * unit_y
-    magnitude = (1 - t) * norm_x + t * norm_y
-    return (magnitude * direction).reshape(a.shape).to(a.dtype)
+    return (((1 - t) * norm_x + t * norm_y) * direction).reshape(a.shape)
 
 
-def _task_vectors(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    work = _work_dtype(base)
-    return [t.to(work) - base.to(work) for t in tensors]
+def _nuslerp_vectors(x: torch.Tensor, y: torch.Tensor, t: float, eps: float = 1e-8) -> torch.Tensor:
+    """SLERP of every vector along the last dimension of `x` with its partner in `y`."""
+    unit_x = x / torch.norm(x, dim=-1, keepdim=True).clamp(min=1e-7)
+    unit_y = y / torch.norm(y, dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = torch.sum(unit_x * unit_y, dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= eps**2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    spherical = (torch.sin((1 - t) * theta) * x + torch.sin(t * theta) * y) / torch.sin(theta)
+    return torch.where(colinear, (1 - t) * x + t * y, spherical)
 
 
-def task_arithmetic(
-    base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float], scale: float = 1.0
+def nuslerp(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    t: float,
+    base: torch.Tensor | None = None,
+    row_wise: bool = False,
+    flatten: bool = True,
 ) -> torch.Tensor:
-    """`base + scale * sum_i w_i (m_i - base)` (Ilharco et al. 2023, "Editing models with task arithmetic")."""
-    _check([base, *tensors], [0.0, *weights])
-    deltas = _task_vectors(base, tensors)
-    summed = sum(w * d for w, d in zip(weights, deltas, strict=True))
-    return (base.to(deltas[0].dtype) + scale * summed).to(base.dtype)
-
-
-def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the `round(density * numel)` entries of largest magnitude (at least one), zero the rest."""
-    if not 0 < density <= 1:
-        raise ValueError(f"density must be in (0, 1], got {density}")
-    flat = delta.flatten()
-    keep = max(1, round(density * flat.numel()))
-    if keep >= flat.numel():
-        return delta.clone()
-    # topk (not a magnitude threshold) so that ties at the threshold still keep exactly `keep` entries.
-    index = flat.abs().topk(keep).indices
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[index] = True
-    return (flat * mask).reshape(delta.shape)
-
-
-def _elect_and_average(deltas: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """TIES steps 2 and 3: elect a sign per entry, then average the entries that agree with it.
-
-    The elected sign is the sign of the weighted sum of the task vectors (the side with more total mass);
-    the disjoint mean divides by the summed weights of the agreeing models only, so a parameter changed by
-    one model is not diluted by the models that left it alone.
-    """
-    weighted = torch.stack([w * d for w, d in zip(weights, deltas, strict=True)])
-    elected = torch.sign(weighted.sum(dim=0))
-    agree = (torch.sign(torch.stack(list(deltas))) == elected) & (elected != 0)
-    weight_column = torch.tensor(weights, dtype=weighted.dtype).reshape(-1, *([1] * deltas[0].dim()))
-    numerator = (weighted * agree).sum(dim=0)
-    denominator = (weight_column * agree).sum(dim=0)
-    return torch.where(denominator != 0, numerator / denominator.clamp_min(1e-12), torch.zeros_like(numerator))
-
-
-def ties(
-    base: torch.Tensor,
-    tensors: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    density: float,
-    scale: float = 1.0,
-) -> torch.Tensor:
-    """TIES-Merging (Yadav et al. 2023, "Resolving interference when merging models", arXiv:2306.01708).
-
-    Trim each task vector to its top-`density` fraction by magnitude, elect a sign per parameter, average
-    the trimmed values that agree with it (disjoint mean), and add `scale` times the result to the base.
-    """
-    _check([base, *tensors], [0.0, *weights])
-    deltas = [trim(d, density) for d in _task_vectors(base, tensors)]
-    merged = _elect_and_average(deltas, weights)
-    return (base.to(merged.dtype) + scale * merged).to(base.dtype)
-
-
-def drop_and_rescale(delta: torch.Tensor, density: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """DARE's step: drop each entry with probability `1 - density`, divide the survivors by `density`.
-
-    The rescaling keeps the expected value of every entry equal to the original.
-    """
-    if not 0 < density <= 1:
-        raise ValueError(f"density must be in (0, 1], got {density}")
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
-    return delta * keep / density
-
-
-def dare(
-    base: torch.Tensor,
-    tensors: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    density: float,
-    combine: Combine = "ties",
-    generator: torch.Generator | None = None,
-    scale: float = 1.0,
-) -> torch.Tensor:
-    """DARE (Yu et al. 2023, "Language models are Super Mario", arXiv:2311.03099).
-
-    Each task vector is randomly sparsified by `drop_and_rescale`, then combined either by TIES sign election
-    and disjoint mean (`combine="ties"`, no magnitude trimming) or by a weighted sum (`combine="linear"`),
-    and `scale` times the result is added to the base. Pass a seeded `generator` for a reproducible merge.
-    """
-    _check([base, *tensors], [0.0, *weights])
-    deltas = [drop_and_rescale(d, density, generator) for d in _task_vectors(base, tensors)]
-    if combine == "ties":
-        merged = _elect_and_average(deltas, weights)
-    elif combine == "linear":
-        merged = sum(w * d for w, d in zip(weights, deltas, strict=True))
+    """NuSLERP (mergekit): SLERP of `a` and `b` (or of their task vectors `a - base`, `b - base`, added back to
+    `base`), over the whole flattened tensor (`flatten`), or vector by vector along the last dimension, or
+    along the first with `row_wise`. Vectors that are exactly parallel are interpolated linearly."""
+    _check([a, b] if base is None else [a, b, base])
+    work = work_dtype(a, b)
+    x, y = a.to(work), b.to(work)
+    if base is not None:
+        x, y = x - base.to(work), y - base.to(work)
+    if flatten:
+        merged = _nuslerp_vectors(x.reshape(-1), y.reshape(-1), t).reshape(a.shape)
+    elif row_wise:
+        merged = _nuslerp_vectors(x.transpose(0, -1), y.transpose(0, -1), t).transpose(0, -1)
     else:
-        raise ValueError(f"combine must be 'ties' or 'linear', got {combine!r}")
-    return (base.to(deltas[0].dtype) + scale * torch.as_tensor(merged)).to(base.dtype)
+        merged = _nuslerp_vectors(x, y, t)
+    return merged if base is None else base.to(work) + merged
 
 
-__all__ = ["dare", "drop_and_rescale", "linear", "slerp", "task_arithmetic", "ties", "trim"]
+def nuslerp_t(weights: Sequence[float]) -> float:
+    """NuSLERP's position from the two models' weights: `w_2 / (w_1 + w_2)`, the midpoint where they cancel."""
+    total = weights[0] + weights[1]
+    return 0.5 if abs(total) < 1e-6 else weights[1] / total
+
+
+def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise: bool = False) -> torch.Tensor:
+    """Model Stock (Jang et al. 2024, arXiv:2403.19522): move from the base towards the average of the N models
+    by `t = N cos / (1 + (N - 1) cos)`, where `cos` is the mean cosine between the models' task vectors, taken
+    over the whole tensor or, with `filter_wise`, per row. Where the denominator vanishes the base is kept."""
+    _check([base, *tensors])
+    if len(tensors) < 2:
+        raise ValueError("model stock needs at least two models besides the base")
+    work = work_dtype(base, *tensors)
+    flat = (lambda x: x.to(work).reshape(1, -1) if x.dim() < 2 else x.to(work)) if filter_wise else None
+    origin = flat(base) if flat else base.to(work).reshape(-1)
+    models = [flat(m) if flat else m.to(work).reshape(-1) for m in tensors]
+    offsets = [m - origin for m in models]
+    cosines = []
+    for i, first in enumerate(offsets):
+        for second in offsets[i + 1 :]:
+            norms = (torch.norm(first, dim=-1) * torch.norm(second, dim=-1)).clamp(min=1e-6)
+            cosines.append(((first * second).sum(dim=-1) / norms).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    count = len(models)
+    denominator = 1 + (count - 1) * cos
+    singular = denominator.abs() < 1e-6
+    t = torch.where(singular, 0.0, count * cos / torch.where(singular, 1.0, denominator))
+    average = sum(models) / count
+    return (t * average + (1 - t) * origin).reshape(base.shape)
+
+
+def passthrough(tensor: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The tensor unchanged, or multiplied by `scale` (used to silence a layer's output projections)."""
+    if scale is None:
+        return tensor
+    return tensor.to(work_dtype(tensor)) * scale
+
+
+__all__ = ["linear", "model_stock", "nuslerp", "nuslerp_t", "passthrough", "slerp", "slerp_directions"]
