@@ -16,7 +16,7 @@ WEATHER = {
     },
 }
 TOOLS = [{"type": "function", "function": WEATHER}]
-CITIES = ("Paris", "Oslo", "Lima")
+CITIES = ("Paris", "Berlin", "Lima")
 
 
 def sharegpt_rows(repeat: int = 4) -> list[dict[str, Any]]:
@@ -51,7 +51,7 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def tool_config(data: Path, output_dir: Path, steps: int = 120) -> dict[str, Any]:
+def tool_config(data: Path, output_dir: Path, steps: int = 200) -> dict[str, Any]:
     """A full fine-tune of a tiny model with the `hermes` tool template, long enough to learn the calls."""
     return {
         "model": {"name": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2}},
@@ -72,7 +72,7 @@ def tool_config(data: Path, output_dir: Path, steps: int = 120) -> dict[str, Any
     }
 
 
-def train_tool_model(root: Path, steps: int = 120) -> Path:
+def train_tool_model(root: Path, steps: int = 200) -> Path:
     """Train the tiny tool-calling model under `root`; returns its run directory."""
     from llm_finetuning.config import Config
     from llm_finetuning.train import train

@@ -37,12 +37,13 @@ def calling(row: dict, call: dict | None = None) -> dict:
 
 
 def eval_rows() -> list[dict]:
-    paris, _oslo, lima, hi = sharegpt_rows(1)  # the fixture's model answers Oslo with Lima: left out
+    paris, berlin, lima, hi = sharegpt_rows(1)
     paris_call = {"name": "get_weather", "arguments": {"city": "Paris"}}
     hi_expecting_a_call = {**hi, "conversations": [hi["conversations"][0]]}
     hi_expecting_a_call["conversations"].append({"from": "function_call", "value": json.dumps(paris_call)})
     return [
         calling(paris),  # a call, as trained
+        calling(berlin),
         calling(lima),
         paris,  # after the tool's answer: plain text, no call
         hi,  # no call
@@ -66,24 +67,27 @@ def test_tool_calls_task_scores_the_trained_calls(run, tmp_path):
     assert [tuple(r[k] for k in keys) for r in records] == [
         (1.0, 1.0, 1.0, None, 0.0),
         (1.0, 1.0, 1.0, None, 0.0),
+        (1.0, 1.0, 1.0, None, 0.0),
         (1.0, 1.0, None, 1.0, 0.0),
         (1.0, 1.0, None, 1.0, 0.0),
         (0.0, 1.0, 0.0, None, 0.0),  # Paris called, Rome expected
         (0.0, 0.0, 0.0, None, 0.0),  # "Hi!" where a call was expected
     ]
     summary = result["metrics"]
-    assert summary["exact"] == pytest.approx(4 / 6)
-    assert summary["tool_selected"] == pytest.approx(5 / 6)
-    assert summary["arguments_match"] == pytest.approx(2 / 4)  # over the 4 examples expecting a call
+    assert summary["exact"] == pytest.approx(5 / 7)
+    assert summary["tool_selected"] == pytest.approx(6 / 7)
+    assert summary["arguments_match"] == pytest.approx(3 / 5)  # over the 5 examples expecting a call
     assert summary["no_call_correct"] == 1.0  # over the 2 expecting none
-    assert (summary["malformed"], summary["examples"], summary["skipped_too_long"]) == (0.0, 6.0, 0.0)
+    assert (summary["malformed"], summary["examples"], summary["skipped_too_long"]) == (0.0, 7.0, 0.0)
 
-    weather = [{"name": "get_weather", "arguments": {"city": c}} for c in ("Paris", "Lima", "Rome")]
-    assert [r["predicted_calls"] for r in records] == [[weather[0]], [weather[1]], [], [], [weather[0]], []]
-    assert [r["expected_calls"] for r in records] == [[weather[0]], [weather[1]], [], [], [weather[2]], [weather[0]]]
+    paris, berlin, lima, rome = [
+        {"name": "get_weather", "arguments": {"city": c}} for c in ("Paris", "Berlin", "Lima", "Rome")
+    ]
+    assert [r["predicted_calls"] for r in records] == [[paris], [berlin], [lima], [], [], [paris], []]
+    assert [r["expected_calls"] for r in records] == [[paris], [berlin], [lima], [], [], [rome], [paris]]
     assert records[0]["output"] == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-    assert (records[2]["output"], records[2]["content"], records[2]["expected_content"]) == ("It is 5 C.",) * 3
-    assert records[3]["output"] == "Hi!" and records[2]["prompt"][-1]["role"] == "tool"
+    assert (records[3]["output"], records[3]["content"], records[3]["expected_content"]) == ("It is 5 C.",) * 3
+    assert records[4]["output"] == "Hi!" and records[3]["prompt"][-1]["role"] == "tool"
     assert all(r["tools"] == TOOLS and r["id"].startswith(f"{data}:") for r in records)
     assert result["settings"]["max_new_tokens"] == int(MAX_NEW_TOKENS)
 
