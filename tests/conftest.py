@@ -101,3 +101,12 @@ def fake_device(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
         return caps
 
     return install
+
+
+@pytest.fixture(scope="session")
+def tool_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model trained to call get_weather (tests/tool_fixtures.py), trained once for the whole session.
+    Tests read it and write elsewhere."""
+    from tests.tool_fixtures import train_tool_model
+
+    return train_tool_model(tmp_path_factory.mktemp("tool-run"))

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llm_finetuning.cli.main import app
-from tests.tool_fixtures import TOOLS, sharegpt_rows, train_tool_model, write_rows
+from tests.tool_fixtures import TOOLS, sharegpt_rows, write_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -20,8 +20,8 @@ MAX_NEW_TOKENS = "100"  # byte-level tokens: a call is about 80
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return train_tool_model(tmp_path_factory.mktemp("tools"))
+def run(tool_run) -> Path:
+    return tool_run
 
 
 def invoke(*args: object):

@@ -11,7 +11,7 @@ from llm_finetuning.models.loading import prepare_tokenizer
 from llm_finetuning.models.tiny import build_tokenizer
 from llm_finetuning.serve.generation import load_for_inference
 from llm_finetuning.serve.server import Engine, ServedModel, ServerLimits, create_server
-from tests.tool_fixtures import TOOLS, train_tool_model
+from tests.tool_fixtures import TOOLS
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.e2e
@@ -21,9 +21,8 @@ RAW_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    run = train_tool_model(tmp_path_factory.mktemp("serve-tools"))
-    model, tokenizer = load_for_inference(run)
+def client(tool_run):
+    model, tokenizer = load_for_inference(tool_run)
     chatml = build_tokenizer()  # the same model behind a template that has no tools
     prepare_tokenizer(chatml, "chatml")
     served = [ServedModel("tools", tokenizer), ServedModel("plain", chatml)]
