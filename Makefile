@@ -32,15 +32,23 @@ $(LLAMA_STAMP): $(STAMP)
 		|| echo "could not build llama-cpp-python: the llama.cpp GGUF tests will skip"
 	touch $(LLAMA_STAMP)
 
+# mergekit for the merge parity tests, without its dependencies (the pinned stack already has them but
+# immutables). Where it cannot be installed those tests skip and say why.
+MERGEKIT_STAMP := $(VENV)/.installed-merge-check
+$(MERGEKIT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt mergekit immutables \
+		|| echo "could not install mergekit: the merge parity tests will skip"
+	touch $(MERGEKIT_STAMP)
+
 install: $(STAMP)
 
 quickstart: install
 	$(BIN)/llmft quickstart --overwrite
 
-test: install $(LLAMA_STAMP)
+test: install $(LLAMA_STAMP) $(MERGEKIT_STAMP)
 	$(BIN)/python -m pytest
 
-test-fast: install $(LLAMA_STAMP)
+test-fast: install $(LLAMA_STAMP) $(MERGEKIT_STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install

@@ -44,6 +44,22 @@ def save_llama(directory: Path, seed: int, base: Path | None = None, keep: str |
     return directory
 
 
+def save_random_llama(directory: Path, seed: int, **shape: object) -> Path:
+    """A Llama of independent random weights, written without building the model (fast at any size)."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{**SHAPE, **shape})
+    with torch.device("meta"):
+        names = {name: tuple(p.shape) for name, p in LlamaForCausalLM(config).state_dict().items()}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {name: 0.02 * torch.randn(size, generator=generator) for name, size in names.items()}
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(directory)
+    return directory
+
+
 def family(root: Path) -> dict[str, Path]:
     base = save_llama(root / "base", 0)
     return {
