@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from llm_finetuning.cli.merge_models_cmd import merge_models_cmd
 from llm_finetuning.config.schema import TinyModelConfig
-from llm_finetuning.errors import ConfigError
+from llm_finetuning.errors import ConfigError, UserError
 from llm_finetuning.export.merge_config import MergeConfig, load_merge_config
 from llm_finetuning.export.merge_models import merge_models
 from llm_finetuning.models.tiny import build_model, build_tokenizer
@@ -87,19 +87,31 @@ def test_slerp_at_zero_is_the_first_model(models: dict[str, Path], tmp_path: Pat
     assert not torch.allclose(logits(output), logits(models["b"]))
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "dare_linear"])
-def test_task_vector_methods_load_and_are_reproducible(models: dict[str, Path], tmp_path: Path, method: str) -> None:
-    options = {} if method == "task_arithmetic" else {"density": 0.5}
+TASK_VECTOR_OPTIONS = {
+    "task_arithmetic": {},
+    "ties": {"density": 0.5},
+    "dare_ties": {"density": 0.5},
+    "dare_linear": {"density": 0.5},
+    "breadcrumbs": {"density": 0.5, "gamma": 0.1},
+    "breadcrumbs_ties": {"density": 0.5},
+    "della": {"density": 0.5, "epsilon": 0.1},
+    "della_linear": {"density": 0.5},
+    "model_stock": {},
+}
+
+
+@pytest.mark.parametrize("method", sorted(TASK_VECTOR_OPTIONS))
+def test_methods_with_a_base_load_and_are_reproducible(models: dict[str, Path], tmp_path: Path, method: str) -> None:
     outputs = []
     for name in ("one", "two"):
         config = MergeConfig(
             method=method,
             base_model=str(models["base"]),
-            models=[{"path": str(models["a"]), "weight": 0.5}, {"path": str(models["b"]), "weight": 0.5}],
+            models=[{"path": str(models["a"])}, {"path": str(models["b"])}],
             seed=3,
             dtype="bfloat16",
             output_dir=str(tmp_path / name),
-            **options,
+            **TASK_VECTOR_OPTIONS[method],
         )
         outputs.append(merge_models(config))
     first, second = (load_file(o / "model.safetensors") for o in outputs)
@@ -163,7 +175,10 @@ def test_existing_output_needs_overwrite(models: dict[str, Path], write_yaml: Ca
         ({"method": "slerp", "t": 0.5, "extra_model": True}, "exactly two `models`; 3 given"),
         ({"method": "slerp"}, "`method: slerp` needs `t`"),
         ({"method": "linear", "density": 0.5}, "`density` is not used by `method: linear`"),
-        ({"method": "dare_ties", "base_model": "base"}, "`method: dare_ties` needs `density`"),
+        ({"method": "della", "base_model": "base", "gamma": 0.1}, "`gamma` is not used by `method: della`"),
+        ({"method": "passthrough"}, "`method: passthrough` takes exactly one of `models`; 2 given"),
+        ({"method": "model_stock", "base_model": "a"}, "at least two `models` besides `base_model`"),
+        ({"method": "linear", "slices": []}, "set either `models`"),
         ({"method": "linear", "bogus": 1}, "bogus: unknown key"),
     ],
 )
@@ -172,6 +187,62 @@ def test_config_validation_errors(write_yaml: Callable[..., Path], config: dict[
     if config.pop("extra_model", False):
         models.append({"path": "c"})
     path = write_yaml({**config, "models": models, "output_dir": "out"})
-    with pytest.raises(ConfigError, match="invalid merge config") as error:
+    with pytest.raises(ConfigError, match="Invalid config") as error:
         load_merge_config(path)
     assert message in str(error.value)
+
+
+def test_a_mergekit_file_on_the_command_line(models: dict[str, Path], write_yaml: Callable[..., Path]) -> None:
+    """`llmft merge-models mergekit.yml OUT --seed N` is `mergekit-yaml mergekit.yml OUT --random-seed N`."""
+    text = (
+        f"merge_method: dare_ties\nbase_model: {models['base']}\nmodels:\n"
+        f"  - model: {models['a']}\n    parameters: {{weight: 0.5, density: 0.5}}\n"
+        f"  - model: {models['b']}\n    parameters: {{weight: 0.5, density: 0.5}}\ndtype: float32\n"
+    )
+    path = write_yaml(text, name="mergekit.yml")
+    out = path.parent / "out"
+    result = CliRunner().invoke(app, [str(path), str(out), "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    assert (out / "mergekit_config.yml").read_text() == text
+    recorded = load_merge_config(out / "merge_config.yaml")
+    assert recorded.method == "dare_ties" and recorded.seed == 5
+    again = merge_models(recorded, output_dir=path.parent / "again")  # the record reproduces the merge
+    first, second = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    logits(out)
+
+
+def test_no_output_directory_is_a_clear_error(models: dict[str, Path], write_yaml: Callable[..., Path]) -> None:
+    path = write_yaml(f"merge_method: linear\nmodels:\n  - model: {models['a']}\n  - model: {models['b']}\n")
+    result = CliRunner().invoke(app, [str(path)])
+    assert result.exit_code == 2 and "give it on the command line" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_large_outputs_are_sharded(models: dict[str, Path], tmp_path: Path) -> None:
+    config = MergeConfig(
+        method="linear",
+        models=[{"path": str(models["a"])}, {"path": str(models["b"])}],
+        max_shard_size="20KB",
+        output_dir=str(tmp_path / "sharded"),
+    )
+    sharded = merge_models(config)
+    assert (sharded / "model.safetensors.index.json").is_file()
+    assert len(list(sharded.glob("model-*-of-*.safetensors"))) >= 2
+    single = merge_models(config.model_copy(update={"max_shard_size": "5GB"}), output_dir=tmp_path / "single")
+    torch.testing.assert_close(logits(sharded), logits(single), rtol=0, atol=0)
+
+
+def test_tokenizer_source(models: dict[str, Path], tmp_path: Path) -> None:
+    base = {"method": "linear", "models": [{"path": str(models["a"])}, {"path": str(models["b"])}]}
+    for choice in ("base", "union", str(models["b"])):
+        output = merge_models(MergeConfig(**base, tokenizer_source=choice), output_dir=tmp_path / choice[-1])
+        assert AutoTokenizer.from_pretrained(output).get_vocab() == build_tokenizer().get_vocab()
+    with pytest.raises(UserError, match="is not one of the merged models"):
+        merge_models(MergeConfig(**base, tokenizer_source="elsewhere"), output_dir=tmp_path / "x")
+
+
+def test_a_model_that_is_nowhere_is_a_clear_error(models: dict[str, Path], write_yaml: Callable[..., Path]) -> None:
+    config = {"method": "linear", "models": [{"path": str(models["a"])}, {"path": "some-org/not-downloaded"}]}
+    code, output = run_cli(write_yaml, {**config, "output_dir": "out"})
+    assert code == 2 and "not found" in output and "huggingface-cli download some-org/not-downloaded" in output

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +129,8 @@ class StreamingFile:
 
     def __init__(self, path: Path, tensors: list[Planned]) -> None:
         self.path = path
-        self._pending: Iterator[Planned] = iter(tensors)
+        self._planned = tensors
+        self._written = 0
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for tensor in tensors:
@@ -148,7 +148,7 @@ class StreamingFile:
         self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        expected = next(self._pending, None)
+        expected = self._planned[self._written] if self._written < len(self._planned) else None
         if expected is None or expected.name != name:
             raise ValueError(f"{self.path}: `{name}` written out of the planned order")
         if tuple(tensor.shape) != expected.shape or tensor.dtype != expected.dtype:
@@ -159,10 +159,11 @@ class StreamingFile:
         flat = tensor.detach().contiguous().reshape(-1)
         if flat.numel():
             self._handle.write(memoryview(flat.view(torch.uint8).numpy()))
+        self._written += 1
 
     def close(self) -> None:
         """Finish the file; it appears under its name only once complete."""
-        if next(self._pending, None) is not None:
+        if self._written < len(self._planned):
             raise ValueError(f"{self.path}: closed before every planned tensor was written")
         self._handle.close()
         os.replace(self._partial, self.path)
