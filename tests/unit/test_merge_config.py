@@ -101,7 +101,8 @@ def test_a_ties_model_card_config(write_yaml: WriteYaml, caplog: pytest.LogCaptu
     config = load_merge_config(write_yaml(TIES_CARD))
     assert config.method == "ties" and config.normalize is True and config.scale == 0.8
     assert config.base_model.endswith("base") or config.base_model == "base"
-    assert [m.weight for m in config.models] == [None, [0.0, 0.3, 0.7, 1.0], 0.5]
+    # The base, listed among the models, is the base only (llmft lists it once).
+    assert [m.weight for m in config.models] == [[0.0, 0.3, 0.7, 1.0], 0.5]
     assert "int8_mask" in caplog.text and "only stores an internal mask" in caplog.text
     # A parameter the method does not read is dropped with a warning, as mergekit ignores it.
     assert "models.2.parameters.t" in caplog.text and "ignored, as mergekit ignores it" in caplog.text

@@ -23,7 +23,7 @@ def merge_models_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the weights in a non-empty output directory."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail."),
 ) -> None:
-    """Merge the models a YAML file lists; paths in it are relative to the file."""
+    """Merge the models a YAML file lists; relative paths in it are looked up beside the file, then here."""
     # Imported here so `llmft --help` does not pay for torch and transformers.
     from llm_finetuning.export.merge_config import load_merge_config, read_format
     from llm_finetuning.export.merge_models import merge_models

@@ -268,14 +268,14 @@ def parse_size(value: int | str, key: str = "max_shard_size") -> int:
     return size
 
 
-def _resolve(value: str, folder: Path) -> str:
+def resolve_reference(value: str, folder: Path) -> str:
     """A model reference made absolute where it names a local path (beside the config, else in the current
     directory); anything else (a hub id) is kept as written. `BASE+ADAPTER` is resolved part by part."""
     for candidate in (folder / Path(value).expanduser(), Path(value).expanduser()):
         if candidate.exists():
             return str(candidate.resolve())
     if "+" in value:
-        return "+".join(_resolve(part, folder) for part in value.split("+", 1))
+        return "+".join(resolve_reference(part, folder) for part in value.split("+", 1))
     return value
 
 
@@ -283,13 +283,15 @@ def resolve_paths(data: dict, folder: Path) -> None:
     """Make the model paths and `output_dir` of a raw native config absolute (they are relative to its file)."""
     for item in data.get("models") or []:
         if isinstance(item, dict) and isinstance(item.get("path"), str):
-            item["path"] = _resolve(item["path"], folder)
+            item["path"] = resolve_reference(item["path"], folder)
     for piece in data.get("slices") or []:
         for item in piece.get("sources") or [] if isinstance(piece, dict) else []:
             if isinstance(item, dict) and isinstance(item.get("path"), str):
-                item["path"] = _resolve(item["path"], folder)
+                item["path"] = resolve_reference(item["path"], folder)
     if isinstance(data.get("base_model"), str):
-        data["base_model"] = _resolve(data["base_model"], folder)
+        data["base_model"] = resolve_reference(data["base_model"], folder)
+    if isinstance(data.get("tokenizer_source"), str) and data["tokenizer_source"] not in ("base", "union"):
+        data["tokenizer_source"] = resolve_reference(data["tokenizer_source"], folder)
     if isinstance(data.get("output_dir"), str):
         data["output_dir"] = str((folder / Path(data["output_dir"]).expanduser()).resolve())
 

@@ -62,6 +62,9 @@ def _check_models(config: MergeConfig, sources: dict[str, ModelSource], referenc
 
 
 def _planned(job: Job, sources: dict[str, ModelSource], dtype: torch.dtype | None) -> Planned:
+    for model, name in job.inputs:
+        if name not in sources[model.path].tensors:
+            raise UserError(f"Cannot merge: `{name}`, an input of `{job.output}`, is missing from {model.path}")
     infos = [sources[model.path].tensors[name] for model, name in job.inputs]
     if any(info.shape != infos[0].shape for info in infos):
         shapes = ", ".join(

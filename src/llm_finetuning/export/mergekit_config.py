@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_finetuning.errors import ConfigError
-from llm_finetuning.export.merge_config import MODEL_OPTIONS, TOP_OPTIONS, MergeMethod
+from llm_finetuning.export.merge_config import MODEL_OPTIONS, TOP_OPTIONS, MergeMethod, resolve_reference
 
 logger = logging.getLogger(__name__)
 KeyPath = tuple[str | int, ...]
@@ -184,6 +184,22 @@ class _Reader:
             return list(self.out["models"])
         return [s for piece in self.out.get("slices", []) for s in piece["sources"]]
 
+    def keep(self, prefix: KeyPath, indices: list[int]) -> None:
+        """Keep the entries `indices` of the list at `prefix`, in that order, with their file locations."""
+        node: Any = self.out
+        for part in prefix:
+            node = node[part]
+        node[:] = [node[i] for i in indices]
+        new_index = {old: new for new, old in enumerate(indices)}
+        depth = len(prefix)
+        moved: Locations = {}
+        for path, where in list(self.out_locations.items()):
+            if path[:depth] == prefix and len(path) > depth:
+                del self.out_locations[path]
+                if path[depth] in new_index:
+                    moved[(*prefix, new_index[path[depth]], *path[depth + 1 :])] = where
+        self.out_locations.update(moved)
+
     def read_dtype(self) -> None:
         key = "out_dtype" if self.data.get("out_dtype") else "dtype"
         value = self.data.get(key)
@@ -217,15 +233,27 @@ class _Reader:
     def place_base(self) -> None:
         """Where mergekit's base model sits in llmft's layout, which depends on the method."""
         base = self.out.get("base_model")
-        if base is None or self.method not in ("slerp", "linear", "passthrough"):
+        if base is None:
             return
         groups = [self.out["models"]] if "models" in self.out else [p["sources"] for p in self.out.get("slices", [])]
-        present = all(any(e["path"] == base for e in group) for group in groups)
+        folder = self.source.parent
+
+        def is_base(entry: dict[str, Any]) -> bool:
+            return resolve_reference(entry["path"], folder) == resolve_reference(base, folder)
+
+        if self.method not in ("slerp", "linear", "passthrough"):
+            if "models" in self.out:  # listed or not, the base is the base: llmft lists it once
+                self.keep(("models",), [i for i, e in enumerate(self.out["models"]) if not is_base(e)])
+            return
+
+        present = all(any(is_base(e) for e in group) for group in groups)
         if self.method == "slerp":
             if not present:
                 raise self.fail(("base_model",), "SLERP's base must be one of the two models (it is t = 0)")
-            for group in groups:
-                group.sort(key=lambda e: e["path"] != base)  # the base first: llmft's t = 0
+            prefixes = [("models",)] if "models" in self.out else [("slices", i, "sources") for i in range(len(groups))]
+            for prefix, group in zip(prefixes, groups, strict=True):
+                order = sorted(range(len(group)), key=lambda i: not is_base(group[i]))  # the base first: t = 0
+                self.keep(prefix, order)
         elif not present:
             raise self.fail(
                 ("base_model",),

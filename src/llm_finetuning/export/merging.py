@@ -139,9 +139,16 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise
     if len(tensors) < 2:
         raise ValueError("model stock needs at least two models besides the base")
     work = work_dtype(base, *tensors)
-    flat = (lambda x: x.to(work).reshape(1, -1) if x.dim() < 2 else x.to(work)) if filter_wise else None
-    origin = flat(base) if flat else base.to(work).reshape(-1)
-    models = [flat(m) if flat else m.to(work).reshape(-1) for m in tensors]
+
+    def vectors(x: torch.Tensor) -> torch.Tensor:
+        """The vectors one ratio is computed for: the whole tensor, or each row (a 1-D tensor is one row)."""
+        x = x.to(work)
+        if not filter_wise:
+            return x.reshape(-1)
+        return x.unsqueeze(0) if x.dim() < 2 else x
+
+    origin = vectors(base)
+    models = [vectors(m) for m in tensors]
     offsets = [m - origin for m in models]
     cosines = []
     for i, first in enumerate(offsets):
