@@ -23,7 +23,11 @@ def test_every_config_in_the_doc_loads(tmp_path: Path) -> None:
 
 
 def test_each_mergekit_config_is_its_llmft_equivalent(tmp_path: Path) -> None:
-    pairs = [(a, b) for a, b in zip(BLOCKS, BLOCKS[1:]) if a.startswith("# mergekit") and b.startswith("# llmft")]
+    pairs = [
+        (a, b)
+        for a, b in zip(BLOCKS, BLOCKS[1:], strict=False)
+        if a.startswith("# mergekit") and b.startswith("# llmft")
+    ]
     assert len(pairs) == 2
     for i, (mergekit, llmft) in enumerate(pairs):
         configs = []
