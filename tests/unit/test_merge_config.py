@@ -162,6 +162,12 @@ def test_unknown_mergekit_keys_are_warnings(write_yaml: WriteYaml, caplog: pytes
     config = load_merge_config(write_yaml("merge_method: linear\nmodels: [{model: a}, {model: b}]\nparamters: {}\n"))
     assert config.method == "linear"
     assert "`paramters`: not a mergekit key" in caplog.text and "Did you mean `parameters`?" in caplog.text
+    caplog.clear()
+    load_merge_config(
+        write_yaml("merge_method: ties\nbase_model: c\nmodels: [{model: a, parameters: {densty: 0.5}}]\n")
+    )
+    assert "`models.0.parameters.densty`: not used by `merge_method: ties`" in caplog.text
+    assert "Did you mean `density`?" in caplog.text
 
 
 def test_native_config_errors_name_the_key(write_yaml: WriteYaml) -> None:

@@ -125,7 +125,7 @@ class _Reader:
             if name in allowed:
                 self.put((*target, name), value, origin)
             else:
-                self.note(origin, f"not used by `merge_method: {self.method}`; ignored, as mergekit ignores it")
+                self.note(origin, _unused(name, self.method))
 
     def read_models(self) -> None:
         models = self.data["models"]
@@ -167,7 +167,7 @@ class _Reader:
                 continue
             target = SHARED.get(name, name if name in PER_MODEL else None)
             if target is None or target not in allowed:
-                self.note(origin, f"not used by `merge_method: {self.method}`; ignored, as mergekit ignores it")
+                self.note(origin, _unused(name, self.method))
                 continue
             if target in BOOLEANS and not isinstance(value, bool):
                 raise self.fail(origin, "must be true or false here (per-tensor values are not supported for it)")
@@ -281,3 +281,11 @@ def _dotted(path: KeyPath) -> str:
 def from_mergekit(data: dict[str, Any], locations: Locations, source: Path) -> tuple[dict[str, Any], Locations]:
     """The llmft merge config (raw, before validation) of a mergekit file, and where each of its keys came from."""
     return _Reader(data, locations, source).read()
+
+
+def _unused(name: str, method: str) -> str:
+    """The warning for a parameter the method does not read, with the likely name when it is a misspelling."""
+    known = {*PER_MODEL, *SHARED, *BOOLEANS, "int8_mask", "t"}
+    close = [] if name in known else difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f" Did you mean `{close[0]}`?" if close else ""
+    return f"not used by `merge_method: {method}`; ignored, as mergekit ignores it.{hint}"
