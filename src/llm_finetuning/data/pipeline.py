@@ -143,6 +143,14 @@ def split_eval(rows: list, fraction: float, seed: int, stats: dict[str, SplitSta
     return rows[cut:], rows[:cut]
 
 
+def _bad_row(where: str, exc: RowError, on_error: str, stats: SplitStats) -> None:
+    """A row that failed rendering or tokenizing: stop with its location, or count and record it."""
+    if on_error == "fail":
+        raise DataError(f"{where}: {exc}") from None
+    stats.skipped_bad_rows += 1
+    stats.bad_rows.append(f"{where}: {exc}")
+
+
 def tokenize_rows(
     rows: list[tuple[str, Record]],
     tokenizer: PreTrainedTokenizerBase,
@@ -157,10 +165,7 @@ def tokenize_rows(
         try:
             encoded: Encoded = encode(tokenizer, record["messages"], train_on_prompt, record.get("tools"))
         except RowError as exc:
-            if on_error == "fail":
-                raise DataError(f"{where}: {exc}") from None
-            stats.skipped_bad_rows += 1
-            stats.bad_rows.append(f"{where}: {exc}")
+            _bad_row(where, exc, on_error, stats)
             continue
         ids, lab = encoded.input_ids, encoded.labels
         if len(ids) > max_length:
@@ -288,10 +293,7 @@ def fit_lengths(
         try:
             prompt, longest = record_lengths(tokenizer, record)
         except RowError as exc:
-            if on_error == "fail":
-                raise DataError(f"{where}: {exc}") from None
-            stats.skipped_bad_rows += 1
-            stats.bad_rows.append(f"{where}: {exc}")
+            _bad_row(where, exc, on_error, stats)
             continue
         if max_length is None:
             kept.append((where, record))

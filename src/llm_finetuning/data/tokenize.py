@@ -68,11 +68,9 @@ def _call_end(through: str, message: Message, start: int) -> int:
     """Where the last call of an assistant turn ends: after the last of its names and argument values."""
     position = start
     for _, value in message_fragments(message):
-        forms = [value] if isinstance(value, str) else []
-        at = next((through.find(f, position) for f in forms if through.find(f, position) >= 0), -1)
-        if at < 0:  # a non-string leaf or an escaped form: the check has already proven it is there
-            continue
-        position = at + len(value)
+        at = through.find(value, position) if isinstance(value, str) else -1
+        if at >= 0:  # a non-string leaf or an escaped form is skipped: the check has proven it is there
+            position = at + len(value)
     return position
 
 
