@@ -9,6 +9,8 @@ prompt). Scenarios:
 - `gen-per-micro-batch` (baseline): one `generate` call per micro-batch (TRL `steps_per_generation: 1`);
 - `gen-batched`: the toolkit's default, one `generate` call for the whole step's completions;
 - `gen-static`: `gen-batched` with `method.generation_cache: static` (a static KV cache; compiled decoding on a GPU);
+- `gen-merged` / `gen-static-merged`: `gen-batched` / `gen-static` sampling from merged LoRA weights
+  (`method.generation_weights: merged`: one plain matmul per adapted layer instead of base + adapter);
 - `gen-vllm`: completions from vLLM colocated in the process (`method.generation_backend: vllm`; CUDA + vllm only).
 
 - `trl-fused-head`: `gen-batched` with TRL's own LM head instead of the toolkit's plain one (CPU).
@@ -102,13 +104,19 @@ SCENARIOS = {
     "gen-per-micro-batch": {"steps_per_generation": 1},
     "gen-batched": {},
     "gen-static": {"cache": "static"},
+    "gen-merged": {"weights": "merged"},
+    "gen-static-merged": {"cache": "static", "weights": "merged"},
     "gen-vllm": {"backend": "vllm"},
     "trl-fused-head": {"trl_head": True},
 }
 # (group, baseline, scenarios): generation batching and backends; and the toolkit's plain LM head (on by default
 # where TRL has no Triton kernel) against TRL's own head.
 GROUPS = [
-    ("generation", "gen-per-micro-batch", ["gen-per-micro-batch", "gen-batched", "gen-static", "gen-vllm"]),
+    (
+        "generation",
+        "gen-per-micro-batch",
+        ["gen-per-micro-batch", "gen-batched", "gen-static", "gen-merged", "gen-static-merged", "gen-vllm"],
+    ),
     ("lm-head", "trl-fused-head", ["trl-fused-head", "gen-batched"]),
 ]
 
@@ -138,6 +146,8 @@ def run(name: str, args: argparse.Namespace, model_path: Path, pad: int) -> harn
         method["generation_backend"] = spec["backend"]
     if spec.get("cache"):
         method["generation_cache"] = spec["cache"]
+    if spec.get("weights"):
+        method["generation_weights"] = spec["weights"]
     training: dict[str, Any] = {
         "max_steps": args.warmup + args.steps,
         "per_device_batch_size": args.batch,
@@ -217,6 +227,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--only", nargs="*", default=None, help="scenario names to run (default: every group's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore")
@@ -229,13 +240,15 @@ def main() -> None:
     info = harness.machine()
     print(harness.machine_line(info))
     measured = {}
-    for name in dict.fromkeys(n for _, _, names in GROUPS for n in names):
+    groups = [(g, b, [n for n in names if not args.only or n in args.only]) for g, b, names in GROUPS]
+    groups = [(g, b, names) for g, b, names in groups if names]
+    for name in dict.fromkeys(n for _, _, names in groups for n in names):
         measured[name] = run(name, args, path, tokenizer.pad_token_id)
         status = measured[name].skipped or f"{measured[name].figures['completions_per_s']:.2f} completions/s"
         print(f"  {name:<22} {status}", flush=True)
     results = [
         dataclasses.replace(measured[name], group=group, baseline=baseline)
-        for group, baseline, names in GROUPS
+        for group, baseline, names in groups
         for name in names
     ]
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -47,6 +47,7 @@ PLAN: list[tuple[str, str, str, str]] = [
     ("llmft-full-gc@1b", "sft", "llmft-full-gc", "1b"),
     ("grpo-gen-batched@1b", "grpo", "gen-batched", "1b"),
     ("grpo-gen-static@1b", "grpo", "gen-static", "1b"),
+    ("grpo-gen-static-merged@1b", "grpo", "gen-static-merged", "1b"),
     ("estimate@1b", "estimate", "", "1b"),
 ]
 H200_BF16_PEAK = 989e12

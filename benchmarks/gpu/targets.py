@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Results = Mapping[str, Mapping[str, Any]]  # scenario key ("llmft-lora@1b") -> result
+FAST_GENERATION = ("gen-static", "gen-static-merged")  # GRPO generation options judged against gen-batched
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,13 @@ def evaluate(results: Results, extras: Mapping[str, Any] | None = None) -> list[
         less = _peak(results, liger), _peak(results, base)
         fraction = less[0] / less[1] if None not in less and less[1] else None
         targets.append(_at_most(f"1B {adapter}: Liger peak memory vs without", 1.0, fraction, lambda v: f"{v:.2f}x"))
-    batched, static = _generation(results, "grpo-gen-batched@1b"), _generation(results, "grpo-gen-static@1b")
-    targets.append(_ratio("GRPO 1B: generation speed-up over batched generation", 3.0, batched, static))
+    batched = _generation(results, "grpo-gen-batched@1b")
+    # The fastest of the generation options measured (static cache + compile, with or without merged weights).
+    options = {key: _generation(results, f"grpo-{key}@1b") for key in FAST_GENERATION}
+    measured = {key: seconds for key, seconds in options.items() if seconds}
+    best = min(measured, key=measured.__getitem__) if measured else None
+    name = "GRPO 1B: generation speed-up over batched generation" + (f" ({best})" if best else "")
+    targets.append(_ratio(name, 3.0, batched, measured.get(best) if best else None))
     errors = extras.get("estimate_errors")  # relative errors of the 1B estimate cases
     worst = max((abs(e) for e in errors), default=None) if errors else None
     percent = lambda v: f"{100 * v:.1f}%"  # noqa: E731

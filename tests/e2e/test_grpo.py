@@ -206,3 +206,33 @@ def test_a_static_generation_cache_is_sized_once_for_prompt_and_completion(tmp_p
 def test_a_static_cache_is_refused_with_vllm(tmp_path, write_jsonl):
     with pytest.raises(ValueError, match="generation_cache: static"):
         grpo_config(tmp_path, write_jsonl, method={"generation_cache": "static", "generation_backend": "vllm"})
+
+
+def test_sampling_from_merged_weights_trains_the_same_adapter(tmp_path, write_jsonl, monkeypatch):
+    from llm_finetuning.models import merged_generation
+
+    installed = []
+
+    def spy(model):
+        merged = original(model)
+        frozen = {k: v.detach().clone() for k, v in model.named_parameters() if not v.requires_grad}
+        installed.append((model, merged, frozen))
+        return merged
+
+    original = merged_generation.sample_from_merged
+    monkeypatch.setattr(merged_generation, "sample_from_merged", spy)
+    runs = {}
+    for weights in ("adapter", "merged"):
+        config = grpo_config(tmp_path / weights, write_jsonl, steps=2, method={"generation_weights": weights})
+        result = train(config)
+        assert result.status == "completed"
+        runs[weights] = result.run.root
+    ((model, merged, frozen),) = installed
+    assert merged.refreshes == 2  # one batched generation per optimizer step, each on freshly merged weights
+    assert all(torch.equal(frozen[k], v) for k, v in model.named_parameters() if k in frozen)
+    # Float32 and dropout 0: the same completions are sampled, so both runs train the same adapter.
+    adapter, merged_adapter = (load_file(runs[w] / "final" / "adapter_model.safetensors") for w in runs)
+    assert any(adapter[k].abs().sum() > 0 for k in adapter if "lora_B" in k)
+    assert all(torch.allclose(adapter[k], merged_adapter[k], atol=1e-5) for k in adapter)
+    rewards = [[row.get("rewards/digit_share/mean") for row in metrics(runs[w])] for w in runs]
+    assert rewards[0] == rewards[1]

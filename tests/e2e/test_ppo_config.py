@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from llm_finetuning.config import Config
@@ -120,3 +121,37 @@ def test_sft_then_reward_then_ppo_in_one_file(tmp_path, write_jsonl):
     ppo = yaml.safe_load((tmp_path / "out" / "ppo" / "config.yaml").read_text())
     assert ppo["method"]["reward_model"] == str(tmp_path / "out" / "reward")
     assert ppo["model"]["name"] == str(tmp_path / "out" / "sft" / "merged")
+
+
+def test_lora_ppo_sampling_from_merged_weights_trains_the_same_policy(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from llm_finetuning.models import merged_generation
+
+    made = []
+    original = merged_generation.sample_from_merged
+    monkeypatch.setattr(merged_generation, "sample_from_merged", lambda model: made.append(original(model)) or made[-1])
+    finals = []
+    for weights in ("adapter", "merged"):
+        config = Config.model_validate(
+            {
+                "model": TINY,
+                "adapter": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+                "method": {
+                    "name": "ppo",
+                    "reward_function": "tests.e2e.ppo_rewards:digits",
+                    "max_new_tokens": 8,
+                    "mini_batch_size": 8,
+                    "generation_weights": weights,
+                },
+                "data": {"train": {**PROMPTS, "path": str(shared("gsm8k/test.jsonl"))}, "max_length": 256},
+                "training": {"max_steps": 3, "per_device_batch_size": 8, "learning_rate": 3e-3, "seed": 0},
+                "output_dir": str(tmp_path / weights),
+            }
+        )
+        assert train(config).status == "completed"
+        finals.append(load_file(tmp_path / weights / "final" / "adapter_model.safetensors"))
+    assert len(made) == 1 and made[0].refreshes == 3  # one rollout per step, each from freshly merged weights
+    adapter, merged = finals
+    assert any(adapter[k].abs().sum() > 0 for k in adapter if "lora_B" in k)
+    assert all(torch.allclose(adapter[k], merged[k], atol=1e-5) for k in adapter)

@@ -204,6 +204,22 @@ def test_grpo_kv_cache_and_reference():
     assert memory(grpo_config(beta=0.0))[1].components["reference model"] == 0
 
 
+def test_grpo_merged_sampling_keeps_a_copy_of_the_adapted_weights():
+    def lora_grpo(**method: Any) -> Config:
+        return config(
+            adapter={"method": "lora", "r": 8, "target_modules": ["q_proj", "down_proj"]},
+            method={"name": "grpo", "num_generations": 2, "rewards": [{"name": "r", "function": "m:f"}], **method},
+            data={"train": {"path": "x.jsonl", "format": "prompt_only"}, "max_length": 128},
+        )
+
+    merged, adapter = (memory(lora_grpo(generation_weights=w))[1] for w in ("merged", "adapter"))
+    assert "merged generation weights" not in adapter.components
+    copy = L * (H * H + INTER * H) * 2  # q_proj and down_proj of each layer, in bf16
+    assert merged.components["merged generation weights"] == copy
+    # held through every phase, training included: the buffers keep their addresses between steps
+    assert all(merged.phases[p] - adapter.phases[p] == copy for p in adapter.phases)
+
+
 def test_grpo_options_missing_from_the_section_fall_back_with_a_warning():
     notes = Notes(quiet=True)
     bare = SimpleNamespace(method=SimpleNamespace(name="grpo"))

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from llm_finetuning.config.base import Section
 from llm_finetuning.config.judge import JudgeConfig
+from llm_finetuning.config.sampling import SamplingWeights
 
 
 class RewardEntry(Section):
@@ -22,7 +23,7 @@ class RewardEntry(Section):
     completion_ids, **dataset_columns)` returning one float per completion. Unset for library rewards."""
 
 
-class GRPOMethod(Section):
+class GRPOMethod(SamplingWeights):
     """Group-relative policy optimisation (DeepSeekMath): for every `prompt_only` record, sample a group of
     completions, score them with the rewards, and push the policy towards the completions that beat their group's
     mean. Every reward is checked on a sample before training starts. `training.per_device_batch_size` counts
@@ -78,11 +79,16 @@ class GRPOMethod(Section):
     before training: a judge that answers none of it stops the run there."""
 
     @model_validator(mode="after")
-    def _static_cache_needs_transformers(self) -> GRPOMethod:
+    def _transformers_options(self) -> GRPOMethod:
         if self.generation_cache == "static" and self.generation_backend == "vllm":
             raise ValueError(
                 "`method.generation_cache: static` is the transformers backend's cache; vLLM manages its own. "
                 "Remove it or set `generation_backend: transformers`"
+            )
+        if self.generation_weights == "merged" and self.generation_backend == "vllm":
+            raise ValueError(
+                "`method.generation_weights: merged` is the transformers backend's sampling; vLLM loads merged "
+                "weights itself. Remove it or set `generation_backend: transformers`"
             )
         return self
 

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llm_finetuning.config.base import Section
+from llm_finetuning.config.sampling import SamplingWeights
 
 
-class PPOOptions(Section):
+class PPOOptions(SamplingWeights):
     """Proximal policy optimisation against a reward function or reward model, with a KL penalty that keeps the
     policy near a reference (Ziegler et al. 2019, Ouyang et al. 2022)."""
 

@@ -310,6 +310,14 @@ class Config(Section):
                 "computes log-probabilities from the head's base weight). Remove it, or add `lm_head` to "
                 "`adapter.modules_to_save`"
             )
+        if getattr(self.method, "generation_weights", None) == "merged":
+            if method != "lora" or self.model.quantization != "none":
+                used = f"`adapter.method: {method}`" if method != "lora" else "`model.quantization`"
+                raise ValueError(
+                    "`method.generation_weights: merged` merges a plain LoRA adapter into copies of unquantized "
+                    f"linear weights; {used} has none to merge. Remove it, or train `adapter.method: lora` without "
+                    "quantization"
+                )
         if self.data.streaming and self.method.name != "pretrain":
             raise ValueError(
                 f"`data.streaming: true` streams raw documents for `method.name: pretrain`; `{self.method.name}` "

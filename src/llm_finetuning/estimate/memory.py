@@ -139,6 +139,14 @@ def kv_cache(plan: Plan) -> float:
     return tokens * shape.num_layers * 2 * shape.kv_width * plan.attn_bytes
 
 
+def merged_weight_bytes(plan: Plan) -> float:
+    """The merged copies of the LoRA-adapted linear layers that sampling reads (`generation_weights: merged`)."""
+    if plan.generation is None or not plan.generation.merged:
+        return 0.0
+    adapted = sum(lin.in_features * lin.out_features for lin, _ in plan.params.adapted)
+    return adapted * plan.shape.num_layers * plan.weight_bytes
+
+
 def _generation_buffers(plan: Plan) -> float:
     """Prefill of the prompts (one layer at a time, no gradients) and the sampling logits of each step."""
     gen = plan.generation
@@ -189,7 +197,10 @@ def breakdown(plan: Plan) -> Breakdown:
     c["reward model"] = reward
     c["ddp gradient buckets"] = buckets
     c["gathered layer weights"] = gathered
-    resident = base + adapter + states + reference + reward + buckets + gathered
+    merged = merged_weight_bytes(plan)
+    if merged:
+        c["merged generation weights"] = merged
+    resident = base + adapter + states + reference + reward + buckets + gathered + merged
 
     saved = activations.saved_activations(plan, plan.checkpointing)
     head_kept, forward_extra, backward_extra = head.head_and_loss(plan)

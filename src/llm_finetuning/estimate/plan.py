@@ -58,6 +58,8 @@ class Generation:
     sequences: int
     prompt: int
     completion: int
+    merged: bool = False
+    """Sampling from merged copies of the LoRA layers (`method.generation_weights: merged`), kept on the device."""
 
 
 @dataclass
@@ -313,7 +315,8 @@ def build_plan(
         completion = _grpo_option(config, "max_completion_length", notes)
         _grpo_option(config, "num_generations", notes)  # only warns where the section lacks it
         # TRL generates the completions of a whole optimizer step at once (steps_per_generation = accumulation).
-        generation = Generation(batch * accumulation, prompt, completion)
+        merged = getattr(config.method, "generation_weights", "adapter") == "merged"
+        generation = Generation(batch * accumulation, prompt, completion, merged)
         seq, scored = prompt + completion, completion
         passes = 1 + int(_reference(config, peft) != "none")
         notes.info(f"GRPO: prompts assumed {prompt} tokens long (the limit), completions {completion}")

@@ -22,6 +22,7 @@ from llm_finetuning.errors import ConfigError, UserError
 from llm_finetuning.methods.common import apply_extra, training_arguments
 from llm_finetuning.models import fast_path
 from llm_finetuning.models.lm_head import use_plain_lm_head
+from llm_finetuning.models.merged_generation import use_merged_weights
 from llm_finetuning.rewards.contracts import Reward, check_rewards, resolve_rewards
 from llm_finetuning.runs import distributed
 from llm_finetuning.runs.rundir import RunDir
@@ -173,6 +174,7 @@ def build_trainer(
     )
     trainer.judge = judge
     use_generation_cache(trainer, config)
+    use_merged_weights(trainer.model, config)
     if fast_path.for_config(config).lm_head.value == "plain":
         # TRL's fused head is slow without Triton (CPU): same log-probabilities and entropy, computed plainly
         use_plain_lm_head(trainer, temperature=method.temperature, entropy_grad=True)

@@ -32,6 +32,7 @@ from llm_finetuning.methods.ppo import (
     write_checkpoint,
 )
 from llm_finetuning.methods.ppo.checkpoint import differences
+from llm_finetuning.models.merged_generation import use_merged_weights
 from llm_finetuning.runs import distributed
 from llm_finetuning.runs.rundir import RunDir
 from llm_finetuning.runs.signals import GracefulStop
@@ -131,6 +132,7 @@ class PPORun:
             model, tokenizer, options, reward_function(config), ref_model=reference, log_fn=self._log
         )
         self.model = model
+        use_merged_weights(self.trainer.policy, config)
 
     def _log(self, stats: dict[str, Any]) -> None:
         record = {"step": self.trainer.global_step, **stats}
