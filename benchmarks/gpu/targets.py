@@ -100,7 +100,7 @@ def evaluate(results: Results, extras: Mapping[str, Any] | None = None) -> list[
     measured = {key: seconds for key, seconds in options.items() if seconds}
     best = min(measured, key=measured.__getitem__) if measured else None
     name = "GRPO 1B: generation speed-up over batched generation" + (f" ({best})" if best else "")
-    targets.append(_ratio(name, 3.0, batched, measured.get(best) if best else None))
+    targets.append(_ratio(name, 3.0, batched, measured.get(best)))
     errors = extras.get("estimate_errors")  # relative errors of the 1B estimate cases
     worst = max((abs(e) for e in errors), default=None) if errors else None
     percent = lambda v: f"{100 * v:.1f}%"  # noqa: E731

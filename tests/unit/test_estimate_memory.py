@@ -218,6 +218,9 @@ def test_grpo_merged_sampling_keeps_a_copy_of_the_adapted_weights():
     assert merged.components["merged generation weights"] == copy
     # held through every phase, training included: the buffers keep their addresses between steps
     assert all(merged.phases[p] - adapter.phases[p] == copy for p in adapter.phases)
+    ppo = {"name": "ppo", "reward_function": "m:f", "max_new_tokens": 8, "generation_weights": "merged"}
+    ppo_config = config(adapter={"method": "lora", "r": 8, "target_modules": ["q_proj", "down_proj"]}, method=ppo)
+    assert memory(ppo_config)[1].components["merged generation weights"] == copy  # PPO's rollouts sample too
 
 
 def test_grpo_options_missing_from_the_section_fall_back_with_a_warning():

@@ -32,3 +32,11 @@ class DistributedConfig(Section):
     parameters do not take part in the loss (slower)."""
     timeout_minutes: int = Field(30, gt=0)
     """How long a process waits for the others at a synchronisation point before the run fails."""
+
+    @property
+    def sharding_stage(self) -> int:
+        """The ZeRO stage this section amounts to across several processes: 0 for DDP, 2 for FSDP `shard_grad_op`,
+        3 for FSDP full or hybrid sharding (the parameters are sharded), DeepSpeed's own `zero_stage`."""
+        if self.strategy == "fsdp":
+            return 2 if self.fsdp_sharding == "shard_grad_op" else 3
+        return self.zero_stage if self.strategy == "deepspeed" else 0

@@ -162,16 +162,15 @@ def _sharding(config: Config, sharding: str | None, gpus: int, notes: Notes) -> 
     if sharding is None:
         extra = config.training.extra
         distributed = getattr(config, "distributed", None)  # the `distributed:` section, where it exists
-        strategy = getattr(distributed, "strategy", "ddp")
-        sharding = "none"
-        if strategy == "fsdp":
-            sharding = "zero2" if distributed.fsdp_sharding == "shard_grad_op" else "zero3"
-        elif strategy == "deepspeed":
-            sharding = f"zero{distributed.zero_stage}"
+        stage = getattr(distributed, "sharding_stage", 0)
+        if stage:
+            sharding = f"zero{stage}"
         elif extra.get("fsdp"):
             sharding = "zero3" if "full_shard" in str(extra["fsdp"]) else "zero2"
         elif extra.get("deepspeed"):
             sharding = _deepspeed_stage(extra["deepspeed"], notes)
+        else:
+            sharding = "none"
         if sharding != "none":
             notes.info(f"sharding {sharding}, as the config's FSDP/DeepSpeed settings say")
     if sharding not in SHARDING:
@@ -288,6 +287,7 @@ def build_plan(
     sequences, scored, accumulation = batch, seq, training.gradient_accumulation_steps
     loss = codepaths.lm_head(config, shape, device, sharding, notes)
     generation, ppo_epochs, passes = None, 1, 1
+    merged = getattr(config.method, "generation_weights", "adapter") == "merged"  # GRPO and PPO sampling
     if encoder:
         loss = "full" if lm_head else "score"
         if method == "embedding" and config.method.record_kind == "retrieval":
@@ -305,7 +305,7 @@ def build_plan(
     elif method == "ppo":
         opts = config.method
         prompt = opts.max_prompt_length or config.data.max_length
-        generation = Generation(batch * opts.num_generations, prompt, opts.max_new_tokens)
+        generation = Generation(batch * opts.num_generations, prompt, opts.max_new_tokens, merged)
         sequences, seq, accumulation, loss = opts.mini_batch_size, prompt + opts.max_new_tokens, 1, "full"
         scored = opts.max_new_tokens + 1
         ppo_epochs, passes = opts.ppo_epochs, 2  # policy/value and reference scoring passes
@@ -315,7 +315,6 @@ def build_plan(
         completion = _grpo_option(config, "max_completion_length", notes)
         _grpo_option(config, "num_generations", notes)  # only warns where the section lacks it
         # TRL generates the completions of a whole optimizer step at once (steps_per_generation = accumulation).
-        merged = getattr(config.method, "generation_weights", "adapter") == "merged"
         generation = Generation(batch * accumulation, prompt, completion, merged)
         seq, scored = prompt + completion, completion
         passes = 1 + int(_reference(config, peft) != "none")

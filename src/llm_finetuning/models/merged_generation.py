@@ -43,6 +43,12 @@ def _lora_linear() -> type:
     return Linear
 
 
+def _lora_layer() -> type:
+    from peft.tuners.lora.layer import LoraLayer
+
+    return LoraLayer
+
+
 def mergeable(module: nn.Module) -> bool:
     """A PEFT LoRA layer this class can merge: plain LoRA (no DoRA or other variant) on a plain `nn.Linear`."""
     return (
@@ -69,7 +75,7 @@ class MergedWeights:
     """One merged weight per adapted linear layer of `model`, and the context that runs the layers on them."""
 
     def __init__(self, model: nn.Module) -> None:
-        lora = _lora_linear()
+        lora = _lora_layer()  # every LoRA layer, quantized and embedding ones included, to count those kept
         adapted = [m for m in model.modules() if isinstance(m, lora)]
         self.layers = [m for m in adapted if mergeable(m)]
         self.kept = len(adapted) - len(self.layers)
@@ -120,11 +126,6 @@ class MergedWeights:
             for layer in swapped:
                 del layer.forward
 
-    def release(self) -> None:
-        """Drop the merged copies (they are rebuilt by the next `refresh`)."""
-        self.weights.clear()
-        self._forwards.clear()
-
 
 def _mark_static(weight: torch.Tensor) -> None:
     """Tell torch.compile the buffer keeps its address, so CUDA graphs read it in place instead of copying it."""
@@ -139,11 +140,7 @@ def use_merged_weights(model: nn.Module, config: Config) -> MergedWeights | None
     """`method.generation_weights: merged` (GRPO, PPO): `model` samples from merged copies of its LoRA layers."""
     if getattr(config.method, "generation_weights", "adapter") != "merged":
         return None
-    settings = config.distributed
-    sharded = (settings.strategy == "fsdp" and settings.fsdp_sharding != "shard_grad_op") or (
-        settings.strategy == "deepspeed" and settings.zero_stage == 3
-    )
-    if sharded and distributed.world_size() > 1:
+    if config.distributed.sharding_stage == 3 and distributed.world_size() > 1:
         raise ConfigError(
             "method.generation_weights: merged keeps a whole copy of the adapted weights on every device, which "
             "sharded parameters (FSDP full or hybrid sharding, ZeRO-3) do not have. Use `generation_weights: "
